@@ -1,0 +1,47 @@
+"""Launch heuristics shared by the Triton kernels, in plain sight.
+
+Two kernel shapes:
+- elementwise ops (scale, add, add_gathered, patch) tile the [T, d] matrix into
+  [BLOCK_T, BLOCK_D] blocks on a 2-D grid; no reduction, so no block needs a whole row;
+- reduction ops (project_out, steer) keep whole rows in registers: BLOCK_D = next_pow2(d), so one
+  read and one write of each row (dot products first, then the update).
+On a GPU a block holds ~4k elements (enough 16-byte loads in flight per SM to reach the copy
+bandwidth). Under TRITON_INTERPRET=1 (CPU tests) time grows with programs x block ops, so blocks
+are made as large as possible there.
+"""
+import os
+
+import triton
+
+MAX_D = 32768  # whole-row kernels keep the row in registers; wider rows go to another backend
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _warps(elems: int) -> int:
+    return 4 if elems <= 2048 else 8 if elems <= 8192 else 16
+
+
+def elementwise_config(T: int, d: int):
+    """(BLOCK_T, BLOCK_D, num_warps) for the 2-D elementwise grid.
+
+    GPU: [16, 256] tiles (256 divides the common model widths, so no lanes idle; 16 rows of
+    512 contiguous bytes each in bf16). Interpreter: whole rows, as many as fit 64k elements.
+    """
+    if interpreting():
+        block_d = triton.next_power_of_2(d)
+        block_t = max(1, min((1 << 16) // block_d, triton.next_power_of_2(max(T, 1))))
+        return block_t, block_d, 4
+    block_d = min(triton.next_power_of_2(d), 256)
+    block_t = max(1, min(4096 // block_d, triton.next_power_of_2(max(T, 1))))
+    return block_t, block_d, _warps(block_t * block_d)
+
+
+def row_config(T: int, d: int):
+    """(BLOCK_T, BLOCK_D, num_warps) for whole-row kernels (BLOCK_D covers d)."""
+    block_d = triton.next_power_of_2(d)
+    budget = 1 << 16 if interpreting() else 4096
+    block_t = max(1, min(budget // block_d, triton.next_power_of_2(max(T, 1))))
+    return block_t, block_d, _warps(block_t * block_d)

@@ -1,0 +1,165 @@
+"""One registry for every steerkit op: ``torch.library`` schemas, backend impls, fake impls, autograd.
+
+Each op ``<name>`` is defined twice in the ``steerkit`` namespace:
+  ``steerkit::<name>_(Tensor(a!) h, <params>, str backend) -> ()``   in place
+  ``steerkit::<name>(Tensor h, <params>, str backend) -> Tensor``      out of place (differentiable)
+``backend`` is already resolved ("torch", "triton" or "cuda") by the Python wrapper, so the op
+itself never makes a policy decision. The fast backends run on a 2-D row view of ``h``; a layout
+that cannot be viewed as rows with unit stride is copied (and copied back for in-place calls).
+
+Under ``torch.compile`` the Python wrappers call the reference directly, so Inductor sees plain
+PyTorch and fuses it with neighbouring kernels (an opaque op would block that fusion).
+Gradients of the out-of-place ops are computed by differentiating the reference on the saved
+inputs: exact, whatever backend ran the forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+from ._backend import resolve
+
+_lib = torch.library.Library("steerkit", "DEF")
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    reference: Callable  # reference(h, *params) -> new tensor
+    prepare: Callable  # prepare(x2d, *params) -> params for the fast launchers
+    inplace: object = None  # torch.ops.steerkit.<name>_.default
+    outplace: object = None  # torch.ops.steerkit.<name>.default
+
+
+OPS: Dict[str, OpDef] = {}
+
+
+def _rows(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """A [T, d] view of t with unit column stride, sharing memory; None if there is none."""
+    d = t.shape[-1]
+    try:
+        v = t.view(-1, d)
+    except RuntimeError:
+        return None
+    return v if (v.stride(1) == 1 or d == 1) else None
+
+
+def _launcher(backend: str, name: str) -> Callable:
+    if backend == "triton":
+        import steerkit.kernels as K
+
+        return getattr(K, name)
+    if backend == "cuda":
+        from steerkit import _cuda_ext
+
+        _cuda_ext.load()
+        return getattr(torch.ops.steerkit_cuda, name)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def _run(op: OpDef, h: torch.Tensor, out: torch.Tensor, params: Sequence, backend: str) -> None:
+    """Compute op(h, *params) into out (out is h for in-place)."""
+    if backend == "torch":
+        out.copy_(op.reference(h, *params))
+        return
+    launch = _launcher(backend, op.name)
+    d = h.shape[-1]
+    x2 = _rows(h)
+    if out is h:
+        if x2 is None:  # no row view: work on a contiguous copy, then write it back
+            tmp = h.contiguous().view(-1, d)
+            launch(tmp, tmp, *op.prepare(tmp, *params))
+            h.copy_(tmp.view(h.shape))
+        else:
+            launch(x2, x2, *op.prepare(x2, *params))
+        return
+    if x2 is None:
+        x2 = h.contiguous().view(-1, d)
+    launch(x2, out.view(-1, d), *op.prepare(x2, *params))
+
+
+def register(name: str, params_schema: str, reference: Callable, prepare: Callable) -> None:
+    """Define steerkit::<name>_ and steerkit::<name> with impls, fake impls and autograd."""
+    _lib.define(f"{name}_(Tensor(a!) h, {params_schema}, str backend) -> ()")
+    _lib.define(f"{name}(Tensor h, {params_schema}, str backend) -> Tensor")
+    op = OpDef(name, reference, prepare)
+
+    def inplace_impl(h, *args):
+        _run(op, h, h, args[:-1], args[-1])
+
+    def outplace_impl(h, *args):
+        out = h.new_empty(h.shape)
+        _run(op, h, out, args[:-1], args[-1])
+        return out
+
+    for key in ("CPU", "CUDA"):
+        _lib.impl(f"{name}_", inplace_impl, key)
+        _lib.impl(name, outplace_impl, key)
+
+    torch.library.register_fake(f"steerkit::{name}_", lambda h, *args: None, lib=_lib)
+    torch.library.register_fake(f"steerkit::{name}", lambda h, *args: h.new_empty(h.shape), lib=_lib)
+
+    def setup_context(ctx, inputs, output):
+        is_t = [isinstance(a, torch.Tensor) for a in inputs]
+        ctx.is_tensor = is_t
+        ctx.others = [None if t else a for t, a in zip(is_t, inputs)]
+        ctx.save_for_backward(*[a for t, a in zip(is_t, inputs) if t])
+
+    def backward(ctx, grad):
+        saved = iter(ctx.saved_tensors)
+        args = [next(saved) if t else o for t, o in zip(ctx.is_tensor, ctx.others)]
+        wants = [i for i, a in enumerate(args)
+                 if ctx.needs_input_grad[i] and isinstance(a, torch.Tensor) and a.is_floating_point()]
+        grads = [None] * len(args)
+        if wants:
+            with torch.enable_grad():
+                leaves = list(args)
+                for i in wants:
+                    leaves[i] = args[i].detach().requires_grad_(True)
+                y = reference(*leaves[:-1])  # the last input is the backend name
+                got = torch.autograd.grad(y, [leaves[i] for i in wants], grad, allow_unused=True)
+            for i, g in zip(wants, got):
+                grads[i] = g
+        return tuple(grads)
+
+    torch.library.register_autograd(f"steerkit::{name}", backward, setup_context=setup_context, lib=_lib)
+    OPS[name] = OpDef(name, reference, prepare,
+                      getattr(torch.ops.steerkit, f"{name}_").default,
+                      getattr(torch.ops.steerkit, name).default)
+
+
+def call(name: str, inplace: bool, h: torch.Tensor, params: Sequence, backend: Optional[str]) -> torch.Tensor:
+    """Run op ``name`` on h (checked already) with the chosen backend; returns h or the new tensor."""
+    op = OPS[name]
+    if torch.compiler.is_compiling():  # plain PyTorch that Inductor can fuse
+        y = op.reference(h, *params)
+        if inplace:
+            h.copy_(y)
+            return h
+        return y
+    b = resolve(name, h, backend)
+    if inplace:
+        op.inplace(h, *params, b)
+        return h
+    return op.outplace(h, *params, b)
+
+
+def vector_for_kernels(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Vectors go to the kernels contiguous, in float32 or in x's dtype."""
+    if v.dtype not in (torch.float32, x.dtype):
+        v = v.float()
+    return v.contiguous()
+
+
+def rows_for_kernels(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[n, d] parameter rows in float32 or x's dtype with unit column stride (any row stride)."""
+    if t.dtype not in (torch.float32, x.dtype):
+        t = t.float()
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def per_row(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Per-row parameter as contiguous [T] float32 (None stays None)."""
+    return None if p is None else p.reshape(-1).to(torch.float32).contiguous()

@@ -1,0 +1,56 @@
+"""steer_(h, config, table): the fused per-row op.
+
+Row t applies configuration ``config[t]`` (int32, shape h.shape[:-1]) of a SteeringTable: scale,
+optional dynamic scale, up to R directions set to target values, then a vector with a strength,
+in one read and one write of the row. Configuration 0 is the identity (rows bit-identical).
+The table is unpacked here; the registered op takes its tensors. (The table is duck-typed:
+anything with ``d``, ``device`` and ``tensors()`` in SteeringTable's order works.)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _checks as C
+from . import reference
+from ._registry import call, register, vector_for_kernels
+
+_TABLE = ("Tensor scale, Tensor flags, Tensor dyn_w, Tensor dyn_b, Tensor dirs, Tensor dir_val, "
+          "Tensor n_dirs, Tensor vec, Tensor strength")
+
+
+def _prepare(x, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength):
+    return (config.reshape(-1).contiguous(), scale, flags, vector_for_kernels(dyn_w, x), dyn_b,
+            vector_for_kernels(dirs, x), dir_val, n_dirs, vector_for_kernels(vec, x), strength)
+
+
+register("steer", "Tensor config, " + _TABLE, reference.steer, _prepare)
+
+
+def _params(op, h, config, table, validate):
+    C.activation(op, h)
+    if not (hasattr(table, "tensors") and hasattr(table, "d")):
+        C.fail(op, "table", f"must be a steerkit.SteeringTable, got {type(table).__name__}")
+    if table.d != h.shape[-1]:
+        C.fail(op, "table", f"steers rows of width {table.d} but h has d = {h.shape[-1]}")
+    if table.device != h.device:
+        C.fail(op, "table", f"is on {table.device} but h is on {h.device}")
+    if isinstance(config, torch.Tensor) and config.dtype != torch.int32:
+        C.fail(op, "config", f"must be int32, got {config.dtype}")
+    tensors = table.tensors()
+    C.index(op, "config", config, h, tensors[0].shape[0], validate, allow_negative=False)
+    return (config, *tensors)
+
+
+def steer_(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[str] = None,
+           validate: bool = True) -> torch.Tensor:
+    """In place: row t of h gets configuration config[t] of ``table``. Returns h."""
+    return call("steer", True, h, _params("steer_", h, config, table, validate), backend)
+
+
+def steer(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[str] = None,
+          validate: bool = True) -> torch.Tensor:
+    """Out of place; differentiable in h and in the table's float tensors (scale, dynamic-scale
+    weights and bias, directions and their values, vectors, strengths)."""
+    return call("steer", False, h, _params("steer", h, config, table, validate), backend)

@@ -1,0 +1,4 @@
+"""Steering state: persistent per-site tables of configurations (row 0 = identity)."""
+from .table import SteeringTable
+
+__all__ = ["SteeringTable"]
