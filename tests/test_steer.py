@@ -1,0 +1,121 @@
+import pytest
+import torch
+
+from helpers import (BACKENDS, DEVICE, DTYPES, FAST_BACKENDS, LAYOUTS, SHAPES, activation,
+                     assert_matches_reference, assert_untouched, make_table, randn, run_both)
+from steerkit import SteeringTable, ops
+from steerkit.ops import reference
+
+
+def _ref(h, config, table):
+    return reference.steer(h.float(), config, *table.tensors())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,d", SHAPES)
+def test_steer_matches_reference(backend, dtype, T, d):
+    h = activation(T, d, dtype)
+    table = make_table(d)
+    config = torch.randint(0, table.capacity + 1, (T,), device=DEVICE, dtype=torch.int32)
+    ref = _ref(h, config, table)
+    a, b = run_both(lambda x, be: ops.steer_(x, config, table, backend=be),
+                    lambda x, be: ops.steer(x, config, table, backend=be), h, backend)
+    assert_matches_reference(a, ref, dtype)
+    assert_matches_reference(b, ref, dtype)
+    assert_untouched(a, h, config == 0)
+    assert_untouched(b, h, config == 0)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("table_dtype", [torch.float16, torch.bfloat16])
+def test_steer_low_precision_table(backend, table_dtype):
+    if table_dtype == torch.bfloat16 and DEVICE == "cpu":
+        pytest.skip("the Triton interpreter's bf16 is wrong; bf16 runs on the GPU")
+    h = randn(37, 256)
+    table = make_table(256, dtype=table_dtype)
+    config = torch.randint(0, 7, (37,), device=DEVICE, dtype=torch.int32)
+    assert_matches_reference(ops.steer(h, config, table, backend=backend), _ref(h, config, table), torch.float32)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_steer_layouts(backend, layout):
+    h = activation(21, 64, torch.float16, layout)
+    table = make_table(64)
+    config = torch.randint(0, 7, h.shape[:-1], device=DEVICE, dtype=torch.int32)
+    ref = _ref(h, config, table)
+    before = h.clone()
+    ops.steer_(h, config, table, backend=backend)
+    assert_matches_reference(h, ref, torch.float16)
+    assert_untouched(h, before, config == 0)
+
+
+def test_steer_stages_semantics():
+    """Each stage alone does what the table says (checked by hand, not via the reference)."""
+    d = 32
+    table = SteeringTable(d, 4, 2, device=DEVICE)
+    v = randn(d)
+    u = torch.nn.functional.normalize(randn(d), dim=0)
+    w = randn(d) / 10
+    table.set(1, scale=3.0)
+    table.set(2, vector=v, strength=-2.0)
+    table.set(3, directions=u * 5, values=0.25)
+    table.set(4, dynamic=(w, 0.5), scale=2.0)
+    h = randn(4, d)
+    config = torch.tensor([1, 2, 3, 4], device=DEVICE, dtype=torch.int32)
+    for backend in BACKENDS:
+        y = ops.steer(h, config, table, backend=backend)
+        torch.testing.assert_close(y[0], 3.0 * h[0])
+        torch.testing.assert_close(y[1], h[1] - 2.0 * v)
+        torch.testing.assert_close(y[2] @ u, torch.tensor(0.25, device=DEVICE), atol=1e-5, rtol=0)
+        torch.testing.assert_close(y[3], 2.0 * (h[3] @ w + 0.5) * h[3])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_steer_out_of_range_config_is_untouched(backend):
+    h = randn(12, 16)
+    table = make_table(16, capacity=4, max_directions=2)
+    config = torch.tensor([0, 1, 4, 5, 1000, -1, -(2 ** 31), 2 ** 31 - 1, 3, 2, 0, 5],
+                          device=DEVICE, dtype=torch.int32)
+    y = ops.steer(h, config, table, backend=backend, validate=False)
+    ok = (config > 0) & (config <= 4)
+    assert_untouched(y, h, ~ok)
+    assert_matches_reference(y, _ref(h, config, table), torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_steer_table_updates_take_effect_without_reallocation(backend):
+    d = 24
+    table = make_table(d, capacity=3, max_directions=2)
+    ptrs = [t.data_ptr() for t in table.tensors()]
+    h = randn(5, d)
+    config = torch.tensor([1, 2, 3, 0, 2], device=DEVICE, dtype=torch.int32)
+    y1 = ops.steer(h, config, table, backend=backend)
+    table.set(2, scale=0.5, vector=randn(d), strength=3.0)  # replace
+    table.clear(3)
+    table.set_strength(2, -1.0)
+    y2 = ops.steer(h, config, table, backend=backend)
+    assert [t.data_ptr() for t in table.tensors()] == ptrs
+    assert_matches_reference(y2, _ref(h, config, table), torch.float32)
+    assert_untouched(y2, h, config == 3)  # cleared -> identity
+    assert not torch.equal(y1[1], y2[1])
+
+
+def test_steer_gradients_reach_table_parameters():
+    d = 16
+    table = make_table(d, capacity=5, max_directions=2)
+    params = [table.scale, table.dyn_w, table.dyn_b, table.dir_val, table.vec, table.strength]
+    for p in params:
+        p.requires_grad_(True)
+    h = randn(10, d).requires_grad_()
+    config = torch.tensor([1, 2, 3, 4, 5, 0, 5, 2, 1, 3], device=DEVICE, dtype=torch.int32)
+    g = torch.randn(10, d, device=DEVICE)
+    want = torch.autograd.grad(reference.steer(h, config, *table.tensors()), [h] + params, g)
+    for backend in BACKENDS:
+        got = torch.autograd.grad(ops.steer(h, config, table, backend=backend), [h] + params, g)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+    # strength of config 2 (vector only): d y / d a = v, rows 1 and 7
+    torch.testing.assert_close(want[6][2], ((g[1] + g[7]) * table.vec[2].detach()).sum())
+    assert float(want[6][0]) == 0.0  # identity row gets no gradient
