@@ -55,18 +55,15 @@ def _refuse(backend: str, op: str, device: torch.device, dtype: torch.dtype, d: 
         reason = _triton_import_error()
         if reason:
             return reason
-        if device.type == "cpu":
-            return None if _interpreting() else "CPU tensor (set TRITON_INTERPRET=1 to run Triton kernels on the CPU)"
-        if device.type != "cuda":
-            return f"device {device.type} is not supported"
-        reason = _capability_reason(device.index if device.index is not None else torch.cuda.current_device())
-        if reason:
-            return reason
         from steerkit.kernels._launch import MAX_D
 
         if op in _WHOLE_ROW_OPS and d > MAX_D:
             return f"d={d} exceeds {MAX_D}, the widest row the {op} kernel keeps in registers"
-        return None
+        if device.type == "cpu":
+            return None if _interpreting() else "CPU tensor (set TRITON_INTERPRET=1 to run Triton kernels on the CPU)"
+        if device.type != "cuda":
+            return f"device {device.type} is not supported"
+        return _capability_reason(device.index if device.index is not None else torch.cuda.current_device())
     if backend == "cuda":
         if device.type != "cuda":
             return f"not a CUDA tensor (device {device})"
