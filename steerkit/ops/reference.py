@@ -86,7 +86,7 @@ def add_gathered(
     untouched. ``alpha`` defaults to 1."""
     n = bank.shape[0]
     a = _row(1.0 if alpha is None else alpha, x)
-    y = x.float() + a * bank.float()[_safe_index(index, n)]
+    y = x.float() + a * bank[_safe_index(index, n)].float()
     return torch.where(_touched(index, n), y.to(x.dtype), x)
 
 
@@ -95,7 +95,7 @@ def patch(x: torch.Tensor, src: torch.Tensor, index: torch.Tensor, weight: RowPa
     are untouched. ``weight`` is a scalar or one value per row."""
     n = src.shape[0]
     w = _row(weight, x)
-    y = (1.0 - w) * x.float() + w * src.float()[_safe_index(index, n)]
+    y = (1.0 - w) * x.float() + w * src[_safe_index(index, n)].float()
     return torch.where(_touched(index, n), y.to(x.dtype), x)
 
 
@@ -125,17 +125,17 @@ def steer(
     n = scale.shape[0]
     i = _safe_index(config, n)
     xf = x.float()
-    c = scale.float()[i].unsqueeze(-1)
+    c = scale[i].float().unsqueeze(-1)
     f = flags[i].unsqueeze(-1)
-    dyn = (dyn_w.float()[i] * xf).sum(-1, keepdim=True) + dyn_b.float()[i].unsqueeze(-1)
+    dyn = (dyn_w[i].float() * xf).sum(-1, keepdim=True) + dyn_b[i].float().unsqueeze(-1)
     g = torch.where((f & FLAG_DYNAMIC) != 0, dyn, torch.ones_like(dyn))
     y = c * g * xf
     nd = n_dirs[i].unsqueeze(-1)
     for k in range(dirs.shape[1]):
-        u = dirs.float()[i, k]
-        coef = (y * u).sum(-1, keepdim=True) - dir_val.float()[i, k].unsqueeze(-1)
+        u = dirs[i, k].float()
+        coef = (y * u).sum(-1, keepdim=True) - dir_val[i, k].float().unsqueeze(-1)
         y = torch.where(nd > k, y - coef * u, y)
-    add_v = strength.float()[i].unsqueeze(-1) * vec.float()[i]
+    add_v = strength[i].float().unsqueeze(-1) * vec[i].float()
     y = torch.where((f & FLAG_VECTOR) != 0, y + add_v, y)
     touched = ((config > 0) & (config < n)).unsqueeze(-1)
     return torch.where(touched, y.to(x.dtype), x)

@@ -1,0 +1,10 @@
+"""Benchmark steerkit.ops.add_gathered_ on every backend available here (see `steerkit bench --help`).
+
+Usage: python benchmarks/bench_add_gathered.py [--T 1,64,4096,16384] [--d 2304,4096] [--dtypes bf16,fp16]
+"""
+import sys
+
+from steerkit.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "--ops", "add_gathered", *sys.argv[1:]]))

@@ -1,0 +1,10 @@
+"""Benchmark steerkit.ops.project_out_ on every backend available here (see `steerkit bench --help`).
+
+Usage: python benchmarks/bench_project_out.py [--T 1,64,4096,16384] [--d 2304,4096] [--dtypes bf16,fp16]
+"""
+import sys
+
+from steerkit.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "--ops", "project_out", *sys.argv[1:]]))

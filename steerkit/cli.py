@@ -1,0 +1,93 @@
+"""Command line: ``steerkit bench`` (the op benchmark) and ``steerkit info`` (backends here)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _ints(s: str):
+    return [int(x) for x in s.split(",") if x]
+
+
+def _names(s: str):
+    return [x for x in s.split(",") if x]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="steerkit", description="steerkit: fused activation-steering kernels")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench", help="benchmark every op on every backend available here")
+    b.add_argument("--ops", type=_names, default=None, help="comma-separated ops (default: all)")
+    b.add_argument("--T", type=_ints, default=None, help="rows, comma-separated (default 1,64,4096,16384 on a GPU, 1,64,4096 on a CPU)")
+    b.add_argument("--d", type=_ints, default=None, help="widths, comma-separated (default 2304,4096)")
+    b.add_argument("--dtypes", type=_names, default=None, help="bf16,fp16,fp32 (default bf16,fp16)")
+    b.add_argument("--backends", type=_names, default=None, help="torch,triton,cuda (default: all available)")
+    b.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5 on a GPU, 3 on a CPU)")
+    b.add_argument("--quick", action="store_true", help="small sizes only (T 1,64,4096; d 2304; bf16)")
+    b.add_argument("--out", default=None, help="folder for the JSONL rows (default: none; the repo's "
+                                                 "benchmarks/results when run from a checkout on a GPU)")
+    c = sub.add_parser("bench-compile", help="GPU: steering under torch.compile against plain PyTorch")
+    c.add_argument("--T", type=_ints, default=None, help="rows (default 1,64,4096,16384)")
+    c.add_argument("--backends", type=_names, default=None, help="opaque backends to compare (default triton)")
+    c.add_argument("--rounds", type=int, default=5)
+    c.add_argument("--out", default=None, help="folder for the JSONL rows")
+    sub.add_parser("info", help="versions, devices and each backend's verdict")
+    args = p.parse_args(argv)
+
+    import torch
+
+    if args.cmd == "info":
+        from steerkit import __version__, ops
+
+        print(f"steerkit {__version__}, torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        h = torch.zeros(1, 4096, device=dev, dtype=torch.bfloat16)
+        for op in ("scale", "add", "project_out", "add_gathered", "patch", "steer"):
+            print(f"  {op:<13}" + "  ".join(f"{k}: {v}" for k, v in ops.explain(op, h).items()))
+        return 0
+
+    from steerkit import bench
+
+    if args.cmd == "bench-compile":
+        if not torch.cuda.is_available():
+            p.error("bench-compile needs a CUDA GPU")
+        kw = {"rounds": args.rounds}
+        if args.T:
+            kw["Ts"] = args.T
+        if args.backends:
+            kw["backends"] = args.backends
+        bench.run_compile(out_dir=args.out, **kw)
+        return 0
+
+    gpu = torch.cuda.is_available()
+    kw = {}
+    if args.quick:
+        kw.update(Ts=(1, 64, 4096), ds=(2304,), dtypes=("bf16",))
+    if args.ops:
+        unknown = set(args.ops) - set(bench.ALL_OPS)
+        if unknown:
+            p.error(f"unknown ops {sorted(unknown)}; choose from {bench.ALL_OPS}")
+        kw["ops"] = args.ops
+    if args.T:
+        kw["Ts"] = args.T
+    if args.d:
+        kw["ds"] = args.d
+    if args.dtypes:
+        kw["dtypes"] = args.dtypes
+    if args.backends:
+        kw["backends"] = args.backends
+    if not gpu and not args.T:  # the CPU reference at T = 16384 takes seconds per call
+        kw.setdefault("Ts", (1, 64, 4096))
+    kw["rounds"] = args.rounds or (5 if gpu else 3)
+    out = args.out
+    if out is None and gpu:
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.isdir(os.path.join(repo, "benchmarks", "results")):
+            out = os.path.join(repo, "benchmarks", "results")
+    bench.run(out_dir=out, **kw)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
