@@ -45,3 +45,13 @@ def row_config(T: int, d: int):
     budget = 1 << 16 if interpreting() else 4096
     block_t = max(1, min(budget // block_d, triton.next_power_of_2(max(T, 1))))
     return block_t, block_d, _warps(block_t * block_d)
+
+
+# In place, rows that an op leaves untouched are never written. Their reads are skipped too when
+# T is large (bandwidth-bound: unsteered rows cost nothing); at decode sizes the row is read
+# unconditionally instead, so its load does not wait for the index load (latency-bound).
+SKIP_READ_MIN_T = 256
+
+
+def skip_untouched_reads(T: int, in_place: bool) -> bool:
+    return in_place and T >= SKIP_READ_MIN_T
