@@ -14,8 +14,8 @@ import triton.language as tl
 
 from ._launch import row_config, skip_untouched_reads
 
-FLAG_DYNAMIC: tl.constexpr = 1
-FLAG_VECTOR: tl.constexpr = 2
+FLAG_DYNAMIC = tl.constexpr(1)
+FLAG_VECTOR = tl.constexpr(2)
 
 
 @triton.jit
