@@ -46,17 +46,27 @@ def _rows(t: torch.Tensor) -> Optional[torch.Tensor]:
     return v if (v.stride(1) == 1 or d == 1) else None
 
 
+_LAUNCHERS: Dict[tuple, Callable] = {}
+
+
 def _launcher(backend: str, name: str) -> Callable:
+    """The fast backend's launcher for op ``name`` (loaded once, then cached)."""
+    fn = _LAUNCHERS.get((backend, name))
+    if fn is not None:
+        return fn
     if backend == "triton":
         import steerkit.kernels as K
 
-        return getattr(K, name)
-    if backend == "cuda":
+        fn = getattr(K, name)
+    elif backend == "cuda":
         from steerkit import _cuda_ext
 
         _cuda_ext.load()
-        return getattr(torch.ops.steerkit_cuda, name)
-    raise ValueError(f"unknown backend {backend!r}")
+        fn = getattr(torch.ops.steerkit_cuda, name).default
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    _LAUNCHERS[(backend, name)] = fn
+    return fn
 
 
 def _run(op: OpDef, h: torch.Tensor, out: torch.Tensor, params: Sequence, backend: str) -> None:
