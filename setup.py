@@ -11,8 +11,10 @@ import os
 
 from setuptools import setup
 
-packages = ["steerkit", "steerkit.kernels", "steerkit.ops", "steerkit.steering"]
-package_dir = {"steerkit": "steerkit", "steerkit.kernels": "kernels"}
+packages = ["steerkit", "steerkit.kernels", "steerkit.ops", "steerkit.steering", "steerkit.bench", "steerkit._csrc"]
+package_dir = {"steerkit": "steerkit", "steerkit.kernels": "kernels", "steerkit._csrc": "csrc"}
+# The CUDA sources ship with every install (as steerkit/_csrc) so that the JIT build finds them.
+package_data = {"steerkit._csrc": ["*.cu", "*.cuh", "*.cpp", "*.h"]}
 ext_modules, cmdclass = [], {}
 
 if os.environ.get("STEERKIT_BUILD_CUDA", "0") == "1":
@@ -28,4 +30,10 @@ if os.environ.get("STEERKIT_BUILD_CUDA", "0") == "1":
     )
     cmdclass["build_ext"] = BuildExtension
 
-setup(packages=packages, package_dir=package_dir, ext_modules=ext_modules, cmdclass=cmdclass)
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    package_data=package_data,
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

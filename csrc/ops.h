@@ -1,0 +1,33 @@
+// Host launchers of the steerkit CUDA ops (one per csrc/<op>.cu). Their schemas are registered
+// once, in registry.cpp. `out` may be the same tensor as `x` (in place). They only check metadata
+// (never read tensor values on the host), allocate nothing and launch one kernel on the current
+// stream, so they can be captured in a CUDA graph.
+#pragma once
+
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+
+namespace steerkit {
+
+void scale_cuda(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& s, double s0);
+
+void add_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& v,
+              const std::optional<at::Tensor>& alpha, double alpha0);
+
+void project_out_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& u,
+                      const std::optional<at::Tensor>& value, double value0);
+
+void add_gathered_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& bank,
+                       const at::Tensor& index, const std::optional<at::Tensor>& alpha,
+                       double alpha0);
+
+void patch_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& src,
+                const at::Tensor& index, const std::optional<at::Tensor>& weight, double weight0);
+
+void steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& config,
+                const at::Tensor& scale, const at::Tensor& flags, const at::Tensor& dyn_w,
+                const at::Tensor& dyn_b, const at::Tensor& dirs, const at::Tensor& dir_val,
+                const at::Tensor& n_dirs, const at::Tensor& vec, const at::Tensor& strength);
+
+}  // namespace steerkit
