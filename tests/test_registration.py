@@ -162,7 +162,7 @@ def test_cuda_graph_replay_sees_table_and_index_updates(backend):
 
 
 @gpu_only
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_cuda_graph_all_ops(backend, monkeypatch):
     monkeypatch.setenv("STEERKIT_BACKEND", backend)
     args = _inputs(16, 2304)

@@ -26,11 +26,12 @@ FLAG_DYNAMIC = 1  # apply the dynamic scale (w . x + b)
 FLAG_VECTOR = 2  # add strength * vector
 
 
-def _row(p: RowParam, x: torch.Tensor) -> torch.Tensor:
-    """A per-row parameter as float32 of shape x.shape[:-1] + (1,) (or a 0-d float32 tensor)."""
+def _row(p: RowParam, x: torch.Tensor):
+    """A per-row parameter as float32 of shape x.shape[:-1] + (1,); a scalar stays a Python float
+    (no host-to-device copy, so the reference can be captured in a CUDA graph)."""
     if isinstance(p, torch.Tensor):
         return p.to(device=x.device, dtype=torch.float32).unsqueeze(-1)
-    return torch.tensor(float(p), dtype=torch.float32, device=x.device)
+    return float(p)
 
 
 def _touched(index: torch.Tensor, n: int) -> torch.Tensor:
