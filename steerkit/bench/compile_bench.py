@@ -71,8 +71,13 @@ def run(Ts=(1, 64, 4096, 16384), d: int = 4096, dtype=torch.bfloat16, rounds: in
           f"{rounds} interleaved rounds, medians [min-max]")
     print(f"{'kind':<7}{'T':>6} {'variant':<14}{'eager us':>10} {'[spread]':<16}{'graph us':>9} {'vs none':>8}")
     rows = []
+    import torch._dynamo
+
     for kind in ("add", "steer"):
         for T in Ts:
+            # the variants share one function body: start each group with an empty cache so that
+            # dynamo's recompile limit (8 per code object) is never reached
+            torch._dynamo.reset()
             fns, (x, r) = _variants(kind, T, d, dtype, backends)
             calls = {n: (lambda f=f: f(x, r)) for n, f in fns.items()}
             for c in calls.values():  # compile outside the timing
