@@ -20,7 +20,7 @@ echo "build: $(( $(date +%s) - start )) s"
 for stage in $stages; do
   case $stage in
     test)
-      timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -p no:cacheprovider -n 8 -q -rs 2>&1 | tee "$OUT/tests-$tag.txt" | tail -25 ;;
+      timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -p no:cacheprovider -n 8 -rs 2>&1 | tee "$OUT/tests-$tag.txt" | tail -25 ;;
     bench)
       timeout "${BENCH_TIMEOUT:-420}" steerkit bench --out "$OUT" 2>&1 | tee "$OUT/bench-$tag.txt" ;;
     compile)
