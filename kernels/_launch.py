@@ -47,6 +47,14 @@ def row_config(T: int, d: int):
     return block_t, block_d, _warps(block_t * block_d)
 
 
+def row_loop_config(T: int, d: int):
+    """(ROWS, BLOCK_D, num_warps) for kernels that walk rows one at a time (steer): one row per
+    program on a GPU (many programs hide latency); long loops in the interpreter (few programs)."""
+    block_d = triton.next_power_of_2(d)
+    rows = max(1, min(T, 256)) if interpreting() else 1
+    return rows, block_d, _warps(block_d)
+
+
 # In place, rows that an op leaves untouched are never written. Their reads are skipped too when
 # T is large (bandwidth-bound: unsteered rows cost nothing); at decode sizes the row is read
 # unconditionally instead, so its load does not wait for the index load (latency-bound).

@@ -4,15 +4,16 @@
     for k < n_dirs[i]:  y = y - (y . dirs[i, k] - dir_val[i, k]) * dirs[i, k]
     if vector:          y = y + strength[i] * vec[i]
 
-i == 0 and i outside [0, N) leave the row untouched (in place: never written, and not read at large T).
-Whole rows in registers: one read and one write per row whatever the configuration. Table rows
-are gathered per token row; they are few and hot, so they come from L2.
-Floor: read + write T*d elements of x.
+i == 0 and i outside [0, N) leave the row untouched (in place: never written, and not read at
+large T). A program walks ROWS rows one at a time with the whole row in registers; per row the
+configuration decides, with scalar branches, which stages run, so a vector-only configuration
+does no reduction and the direction loop runs n_dirs[i] times, not R.
+Floor: read + write T*d elements of x (table rows are few and hot: L1/L2).
 """
 import triton
 import triton.language as tl
 
-from ._launch import row_config, skip_untouched_reads
+from ._launch import row_loop_config, skip_untouched_reads
 
 FLAG_DYNAMIC = tl.constexpr(1)
 FLAG_VECTOR = tl.constexpr(2)
@@ -21,47 +22,41 @@ FLAG_VECTOR = tl.constexpr(2)
 @triton.jit
 def _steer_kernel(x_ptr, out_ptr, cfg_ptr, scale_ptr, flags_ptr, dyn_w_ptr, dyn_b_ptr, dirs_ptr,
                   dir_val_ptr, n_dirs_ptr, vec_ptr, strength_ptr, T, d, N, R, stride_x, stride_o,
-                  IN_PLACE: tl.constexpr, SKIP_READ: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+                  IN_PLACE: tl.constexpr, SKIP_READ: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     cols = tl.arange(0, BLOCK_D)
-    row_ok = rows < T
     col_ok = cols < d
-    cfg = tl.load(cfg_ptr + rows, mask=row_ok, other=0)
-    active = row_ok & (cfg > 0) & (cfg < N)
-    c = tl.where(active, cfg, 0).to(tl.int64)  # safe table row, never out of bounds
-    act2 = active[:, None] & col_ok[None, :]
-    all2 = row_ok[:, None] & col_ok[None, :]
-    load_mask = act2 if SKIP_READ else all2
-    store_mask = act2 if IN_PLACE else all2
-    r64 = rows.to(tl.int64)
-    x = tl.load(x_ptr + r64[:, None] * stride_x + cols[None, :], mask=load_mask, other=0.0).to(tl.float32)
-
-    flags = tl.load(flags_ptr + c, mask=active, other=0)
-    sc = tl.load(scale_ptr + c, mask=active, other=1.0).to(tl.float32)
-    dyn = active & ((flags & FLAG_DYNAMIC) != 0)
-    w = tl.load(dyn_w_ptr + c[:, None] * d + cols[None, :], mask=dyn[:, None] & col_ok[None, :],
-                other=0.0).to(tl.float32)
-    b = tl.load(dyn_b_ptr + c, mask=dyn, other=0.0).to(tl.float32)
-    g = tl.where(dyn, tl.sum(w * x, axis=1) + b, 1.0)
-    y = (sc * g)[:, None] * x
-
-    nd = tl.load(n_dirs_ptr + c, mask=active, other=0)
-    for k in range(R):
-        on = active & (nd > k)  # inactive slots load zeros: y - (0 - 0) * 0 == y exactly
-        u = tl.load(dirs_ptr + (c * R + k)[:, None] * d + cols[None, :],
-                    mask=on[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-        val = tl.load(dir_val_ptr + c * R + k, mask=on, other=0.0).to(tl.float32)
-        coef = tl.sum(y * u, axis=1) - val
-        y = y - coef[:, None] * u
-
-    has_v = active & ((flags & FLAG_VECTOR) != 0)
-    v = tl.load(vec_ptr + c[:, None] * d + cols[None, :], mask=has_v[:, None] & col_ok[None, :],
-                other=0.0).to(tl.float32)
-    a = tl.load(strength_ptr + c, mask=has_v, other=0.0).to(tl.float32)
-    y = y + a[:, None] * v
-
-    y = tl.where(act2, y, x)
-    tl.store(out_ptr + r64[:, None] * stride_o + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=store_mask)
+    for j in range(ROWS):
+        row = tl.program_id(0) * ROWS + j
+        if row < T:
+            xp = x_ptr + row.to(tl.int64) * stride_x + cols
+            op = out_ptr + row.to(tl.int64) * stride_o + cols
+            if not SKIP_READ:  # decode sizes: issue the row load before the config arrives
+                x_raw = tl.load(xp, mask=col_ok, other=0.0)
+            cfg = tl.load(cfg_ptr + row)
+            if (cfg > 0) & (cfg < N):
+                c = cfg.to(tl.int64)  # in range: table reads stay in bounds
+                if SKIP_READ:
+                    x_raw = tl.load(xp, mask=col_ok, other=0.0)
+                x = x_raw.to(tl.float32)
+                flags = tl.load(flags_ptr + c)
+                g = tl.load(scale_ptr + c).to(tl.float32)
+                if (flags & FLAG_DYNAMIC) != 0:
+                    w = tl.load(dyn_w_ptr + c * d + cols, mask=col_ok, other=0.0).to(tl.float32)
+                    g = g * (tl.sum(w * x, axis=0) + tl.load(dyn_b_ptr + c).to(tl.float32))
+                y = g * x
+                nd = tl.minimum(tl.load(n_dirs_ptr + c), R)
+                for k in range(nd):
+                    u = tl.load(dirs_ptr + (c * R + k) * d + cols, mask=col_ok, other=0.0).to(tl.float32)
+                    coef = tl.sum(y * u, axis=0) - tl.load(dir_val_ptr + c * R + k).to(tl.float32)
+                    y = y - coef * u
+                if (flags & FLAG_VECTOR) != 0:
+                    v = tl.load(vec_ptr + c * d + cols, mask=col_ok, other=0.0).to(tl.float32)
+                    y = y + tl.load(strength_ptr + c).to(tl.float32) * v
+                tl.store(op, y.to(out_ptr.dtype.element_ty), mask=col_ok)
+            elif not IN_PLACE:  # untouched row of an out-of-place call: copy its bits
+                if SKIP_READ:
+                    x_raw = tl.load(xp, mask=col_ok, other=0.0)
+                tl.store(op, x_raw, mask=col_ok)
 
 
 def steer(x, out, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength):
@@ -71,8 +66,9 @@ def steer(x, out, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec
     if T == 0 or d == 0:
         return
     in_place = x.data_ptr() == out.data_ptr()
-    bt, bd, warps = row_config(T, d)
-    _steer_kernel[(triton.cdiv(T, bt),)](
+    rows, bd, warps = row_loop_config(T, d)
+    _steer_kernel[(triton.cdiv(T, rows),)](
         x, out, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength,
         T, d, scale.shape[0], dirs.shape[1], x.stride(0), out.stride(0),
-        IN_PLACE=in_place, SKIP_READ=skip_untouched_reads(T, in_place), BLOCK_T=bt, BLOCK_D=bd, num_warps=warps)
+        IN_PLACE=in_place, SKIP_READ=skip_untouched_reads(T, in_place), ROWS=rows, BLOCK_D=bd,
+        num_warps=warps)

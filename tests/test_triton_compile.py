@@ -16,23 +16,24 @@ SCRIPT = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from steerkit.kernels._launch import elementwise_config, row_config
+    from steerkit.kernels._launch import elementwise_config, row_config, row_loop_config
 
     INDEX = {"cfg_ptr", "idx_ptr", "flags_ptr", "n_dirs_ptr"}
     F32 = {"s_ptr", "a_ptr", "w_ptr", "val_ptr", "scale_ptr", "dyn_b_ptr", "dir_val_ptr", "strength_ptr"}
     KERNELS = {"scale": "elementwise", "add": "elementwise", "add_gathered": "elementwise",
-               "patch": "elementwise", "project_out": "row", "steer": "row"}
+               "patch": "elementwise", "project_out": "row", "steer": "loop"}
+    CONFIGS = {"elementwise": elementwise_config, "row": row_config, "loop": row_loop_config}
     failures = 0
     for name, kind in KERNELS.items():
         kernel = getattr(importlib.import_module("steerkit.kernels." + name), "_" + name + "_kernel")
         for dtype in ("bf16", "fp16", "fp32"):
             for d in (2304, 4096):
-                bt, bd, warps = (elementwise_config if kind == "elementwise" else row_config)(4096, d)
+                bt, bd, warps = CONFIGS[kind](4096, d)
                 sig, consts = {}, {}
-                for arg in kernel.arg_names:
-                    if arg in kernel.constexprs or arg.isupper() or arg.startswith(("HAS_", "BLOCK_")):
+                for i, arg in enumerate(kernel.arg_names):
+                    if i in kernel.constexprs:
                         sig[arg] = "constexpr"
-                        consts[arg] = {"BLOCK_T": bt, "BLOCK_D": bd}.get(arg, True)
+                        consts[arg] = {"BLOCK_T": bt, "ROWS": bt, "BLOCK_D": bd}.get(arg, True)
                     elif arg.endswith("_ptr"):
                         sig[arg] = "*i32" if arg in INDEX else "*fp32" if arg in F32 else "*" + dtype
                     elif arg.endswith("0"):

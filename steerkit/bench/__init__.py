@@ -25,6 +25,8 @@ ALL_OPS = list(C.BUILDERS)
 
 
 def _git_commit() -> str:
+    if os.environ.get("STEERKIT_COMMIT"):  # set by runs on a copy of the tree without .git
+        return os.environ["STEERKIT_COMMIT"]
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
