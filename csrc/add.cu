@@ -13,32 +13,12 @@ namespace {
 template <typename T, typename P, int VEC>
 __global__ void __launch_bounds__(kMaxThreadsPerRow) add_kernel(const T* x, T* out, int64_t sx, int64_t so, const P* v,
                            const float* alpha, float alpha0, int64_t rows, int nchunks, int tpr) {
-  constexpr int ITEMS = items_for(VEC);
   const RowSlot slot = row_slot(tpr);
   if (slot.row >= rows) return;
   const float a = alpha ? alpha[slot.row] : alpha0;
   const T* xr = x + slot.row * sx;
   T* orow = out + slot.row * so;
-  for (int base = 0; base < nchunks; base += tpr * ITEMS) {
-    float y[ITEMS][VEC], w[ITEMS][VEC];
-#pragma unroll
-    for (int j = 0; j < ITEMS; ++j) {
-      const int c = base + slot.lane + j * tpr;
-      if (c < nchunks) {
-        load_chunk<T, VEC, true>(xr + static_cast<int64_t>(c) * VEC, y[j]);
-        load_chunk<P, VEC, false>(v + static_cast<int64_t>(c) * VEC, w[j]);
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < ITEMS; ++j) {
-      const int c = base + slot.lane + j * tpr;
-      if (c < nchunks) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) y[j][e] += a * w[j][e];
-        store_chunk<T, VEC>(orow + static_cast<int64_t>(c) * VEC, y[j]);
-      }
-    }
-  }
+  axpy_row<T, P, VEC>(xr, v, a, orow, nchunks, slot.lane, tpr);
 }
 
 }  // namespace

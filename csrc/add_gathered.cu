@@ -17,7 +17,6 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) add_gathered_kernel(const T
                                     int64_t sb, int64_t nbank, const void* index, bool idx64,
                                     const float* alpha, float alpha0, bool inplace, int64_t rows,
                                     int nchunks, int tpr) {
-  constexpr int ITEMS = items_for(VEC);
   const RowSlot slot = row_slot(tpr);
   if (slot.row >= rows) return;
   const T* xr = x + slot.row * sx;
@@ -29,26 +28,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow) add_gathered_kernel(const T
   }
   const float a = alpha ? alpha[slot.row] : alpha0;
   const P* br = bank + b * sb;
-  for (int base = 0; base < nchunks; base += tpr * ITEMS) {
-    float y[ITEMS][VEC], w[ITEMS][VEC];
-#pragma unroll
-    for (int j = 0; j < ITEMS; ++j) {
-      const int c = base + slot.lane + j * tpr;
-      if (c < nchunks) {
-        load_chunk<T, VEC, true>(xr + static_cast<int64_t>(c) * VEC, y[j]);
-        load_chunk<P, VEC, false>(br + static_cast<int64_t>(c) * VEC, w[j]);
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < ITEMS; ++j) {
-      const int c = base + slot.lane + j * tpr;
-      if (c < nchunks) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) y[j][e] += a * w[j][e];
-        store_chunk<T, VEC>(orow + static_cast<int64_t>(c) * VEC, y[j]);
-      }
-    }
-  }
+  axpy_row<T, P, VEC>(xr, br, a, orow, nchunks, slot.lane, tpr);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -156,6 +157,33 @@ __device__ __forceinline__ void unpack_raw(const RawChunk<T, VEC>& r, float (&v)
   }
 }
 
+// out_row = x_row + a * w_row over the chunks this lane owns (all its loads before its stores).
+template <typename T, typename P, int VEC>
+__device__ __forceinline__ void axpy_row(const T* xr, const P* wr, float a, T* orow, int nchunks,
+                                         int lane, int tpr) {
+  constexpr int ITEMS = items_for(VEC);
+  for (int base = 0; base < nchunks; base += tpr * ITEMS) {
+    float y[ITEMS][VEC], w[ITEMS][VEC];
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      const int c = base + lane + j * tpr;
+      if (c < nchunks) {
+        load_chunk<T, VEC, true>(xr + static_cast<int64_t>(c) * VEC, y[j]);
+        load_chunk<P, VEC, false>(wr + static_cast<int64_t>(c) * VEC, w[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      const int c = base + lane + j * tpr;
+      if (c < nchunks) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) y[j][e] += a * w[j][e];
+        store_chunk<T, VEC>(orow + static_cast<int64_t>(c) * VEC, y[j]);
+      }
+    }
+  }
+}
+
 // Bit-exact copy of one row (untouched rows when out != x): all loads first, then all stores.
 template <typename T, int VEC>
 __device__ __forceinline__ void copy_row(const T* src, T* dst, int nchunks, int lane, int tpr) {
@@ -262,6 +290,30 @@ inline RowPlan plan_rows(int64_t T, int64_t d, int vec, int items = -1) {
   p.blocks = (T + rows_per_block - 1) / rows_per_block;
   p.in_regs = static_cast<int64_t>(p.nchunks) <= static_cast<int64_t>(p.tpr) * items;
   return p;
+}
+
+// Register tile of the whole-row kernels (project_out, steer), measured on an H100 at d = 4096:
+// four 16-byte chunks a thread (32 values for 16-bit x, 16 for fp32), then, for fp32 rows too wide
+// for that, eight; scalar path: 8 then 16 elements. Rows wider than the largest tile take the
+// multi-pass path. Calls run(std::integral_constant<int, VEC>, std::integral_constant<int, ITEMS>).
+template <typename E, typename Run>
+inline void with_row_tile(bool vec, int64_t rows, int64_t d, Run&& run) {
+  if (vec) {
+    constexpr int V = 16 / sizeof(E);
+    using VT = std::integral_constant<int, V>;
+    if (plan_rows(rows, d, V, 4).in_regs || !plan_rows(rows, d, V, 32 / V).in_regs) {
+      run(VT{}, std::integral_constant<int, 4>{});
+    } else {
+      run(VT{}, std::integral_constant<int, 32 / V>{});
+    }
+  } else {
+    using VT = std::integral_constant<int, 1>;
+    if (plan_rows(rows, d, 1, 8).in_regs || !plan_rows(rows, d, 1, 16).in_regs) {
+      run(VT{}, std::integral_constant<int, 8>{});
+    } else {
+      run(VT{}, std::integral_constant<int, 16>{});
+    }
+  }
 }
 
 // Blocks for a grid-stride kernel: enough to fill every SM (the kernel's occupancy, cached per

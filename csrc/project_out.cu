@@ -182,25 +182,7 @@ void project_out_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& u_
           xp, outp, x.stride(0), out.stride(0), up, u.stride(0), static_cast<int>(r), vp,
           static_cast<float>(value0), T, pl.nchunks, pl.tpr);
     };
-    // Register tile (measured on an H100 at d = 4096): four 16-byte chunks a thread (32 values
-    // for 16-bit x, 16 for fp32), then, for fp32 rows too wide for that, eight; scalar path: 8
-    // then 16 elements. Rows wider than the largest tile take the multi-pass path.
-    if (vec) {
-      constexpr int V = 16 / sizeof(T_);
-      using VT = std::integral_constant<int, V>;
-      if (plan_rows(T, d, V, 4).in_regs || !plan_rows(T, d, V, 32 / V).in_regs) {
-        run(VT{}, std::integral_constant<int, 4>{});
-      } else {
-        run(VT{}, std::integral_constant<int, 32 / V>{});
-      }
-    } else {
-      using VT = std::integral_constant<int, 1>;
-      if (plan_rows(T, d, 1, 8).in_regs || !plan_rows(T, d, 1, 16).in_regs) {
-        run(VT{}, std::integral_constant<int, 8>{});
-      } else {
-        run(VT{}, std::integral_constant<int, 16>{});
-      }
-    }
+    with_row_tile<T_>(vec, T, d, run);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
