@@ -11,7 +11,8 @@ import os
 
 from setuptools import setup
 
-packages = ["steerkit", "steerkit.kernels", "steerkit.ops", "steerkit.steering", "steerkit.bench", "steerkit._csrc"]
+packages = ["steerkit", "steerkit.kernels", "steerkit.ops", "steerkit.steering", "steerkit.integrations",
+            "steerkit.bench", "steerkit._csrc"]
 package_dir = {"steerkit": "steerkit", "steerkit.kernels": "kernels", "steerkit._csrc": "csrc"}
 # The CUDA sources ship with every install (as steerkit/_csrc) so that the JIT build finds them.
 package_data = {"steerkit._csrc": ["*.cu", "*.cuh", "*.cpp", "*.h"]}

@@ -1,0 +1,284 @@
+"""Steering Hugging Face transformers causal LMs at named sites.
+
+Sites (``l`` = decoder block index):
+  resid_pre.{l}   input of block l
+  resid_post.{l}  output of block l (applied before resid_pre.{l+1} when both are used)
+  attn_out.{l}    attention output before it joins the residual stream (after the post-attention
+                  norm in Gemma 2/3, whose normed output is what joins)
+  mlp_out.{l}     MLP output before it joins the residual stream (after Gemma's post-MLP norm)
+  module:<path>   the output of any submodule, by its dotted path (for unsupported architectures)
+
+Every site holds a SteeringTable; configuration ids are shared across sites (id i is the same
+request everywhere, the identity at sites it does not steer), so one per-sequence id tensor drives
+all of them. Hooks run the fused op in place (out of place when gradients are needed).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import torch
+
+from steerkit import ops
+from steerkit.steering import SteeringTable
+
+# model_type -> (path of the decoder block list, attention child, attention output site child,
+#                mlp output site child)
+FAMILIES = {
+    "llama": ("model.layers", "self_attn", "self_attn", "mlp"),
+    "mistral": ("model.layers", "self_attn", "self_attn", "mlp"),
+    "qwen2": ("model.layers", "self_attn", "self_attn", "mlp"),
+    "qwen3": ("model.layers", "self_attn", "self_attn", "mlp"),
+    "phi3": ("model.layers", "self_attn", "self_attn", "mlp"),
+    "gemma2": ("model.layers", "self_attn", "post_attention_layernorm", "post_feedforward_layernorm"),
+    "gemma3_text": ("model.layers", "self_attn", "post_attention_layernorm", "post_feedforward_layernorm"),
+    "gpt2": ("transformer.h", "attn", "attn", "mlp"),
+    "gpt_neox": ("gpt_neox.layers", "attention", "attention", "mlp"),
+}
+SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+
+Spec = Mapping[str, object]  # keyword arguments of SteeringTable.set
+
+
+class UnsupportedModelError(ValueError):
+    pass
+
+
+def _get(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    mod = root
+    for part in path.split("."):
+        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
+    return mod
+
+
+def _family(model) -> tuple:
+    mt = getattr(getattr(model, "config", None), "model_type", None)
+    if mt not in FAMILIES:
+        raise UnsupportedModelError(
+            f"steerkit cannot name sites in model_type {mt!r}; supported: {sorted(FAMILIES)}. "
+            f"For another architecture name sites by module path, e.g. 'module:model.layers.3.mlp' "
+            f"(the output of that submodule is steered).")
+    return FAMILIES[mt]
+
+
+def num_layers(model) -> int:
+    return len(_get(model, _family(model)[0]))
+
+
+def hidden_size(model) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+
+def resolve_site(model, site: str):
+    """(module, hook kind) for a site name; hook kind is 'pre' (block input) or 'out'."""
+    if site.startswith("module:"):
+        try:
+            return _get(model, site[len("module:"):]), "out"
+        except (AttributeError, IndexError, ValueError) as e:
+            raise ValueError(f"site {site!r}: no submodule at that path ({e})") from None
+    kind, _, idx = site.partition(".")
+    if kind not in SITE_KINDS or not idx.isdigit():
+        raise ValueError(f"site {site!r} is not one of {[k + '.<layer>' for k in SITE_KINDS]} or 'module:<path>'")
+    layers_path, _, attn_site, mlp_site = _family(model)
+    layers = _get(model, layers_path)
+    layer = int(idx)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"site {site!r}: the model has decoder blocks 0..{len(layers) - 1}")
+    block = layers[layer]
+    if kind == "resid_pre":
+        return block, "pre"
+    if kind == "resid_post":
+        return block, "out"
+    return getattr(block, attn_site if kind == "attn_out" else mlp_site), "out"
+
+
+def _first(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def _replace_first(x, new):
+    if isinstance(x, tuple):
+        return (new,) + tuple(x[1:])
+    if isinstance(x, list):
+        return [new] + list(x[1:])
+    return new
+
+
+class Steering:
+    """Steering attached to a model: per-site tables, shared configuration ids, hooks.
+
+    Use ``add``/``set``/``clear`` to manage configurations ({site: SteeringTable.set kwargs}),
+    ``assign`` to give each sequence of the next batches its configuration (0 = unsteered), and
+    ``detach`` (or the context manager) to restore the model exactly.
+    """
+
+    def __init__(self, model: torch.nn.Module, sites: Iterable[str], capacity: int = 16,
+                 max_directions: int = 1, dtype: torch.dtype = torch.float32,
+                 backend: Optional[str] = None):
+        self.model = model
+        self.backend = backend
+        param = next(model.parameters())
+        self.device = param.device
+        d = hidden_size(model)
+        self.sites: List[str] = list(dict.fromkeys(sites))
+        if not self.sites:
+            raise ValueError("Steering needs at least one site")
+        self.tables: Dict[str, SteeringTable] = {}
+        self._handles = []
+        self._ids: Optional[torch.Tensor] = None  # per sequence, int32, or a 0-d id for all rows
+        self._used = set()
+        try:
+            for site in self.sites:
+                module, kind = resolve_site(model, site)
+                table = SteeringTable(d, capacity, max_directions, device=self.device, dtype=dtype)
+                self.tables[site] = table
+                if kind == "pre":
+                    h = module.register_forward_pre_hook(self._pre_hook(table), with_kwargs=True)
+                else:
+                    h = module.register_forward_hook(self._out_hook(table))
+                self._handles.append(h)
+        except Exception:
+            self.detach()
+            raise
+
+    # -- configurations ------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return next(iter(self.tables.values())).capacity
+
+    def set(self, i: int, config: Mapping[str, Spec]) -> int:
+        """Set configuration i: {site: SteeringTable.set keyword arguments}; sites not named
+        are the identity for i."""
+        unknown = set(config) - set(self.tables)
+        if unknown:
+            raise ValueError(f"sites {sorted(unknown)} are not attached; attached: {self.sites}")
+        for site, table in self.tables.items():
+            if site in config:
+                table.set(i, **dict(config[site]))
+            else:
+                table.clear(i)  # identity at the sites this configuration does not steer
+        self._used.add(i)
+        return i
+
+    def add(self, config: Mapping[str, Spec]) -> int:
+        """Store a configuration in a free id and return the id."""
+        free = next((i for i in range(1, self.capacity + 1) if i not in self._used), None)
+        if free is None:
+            raise RuntimeError(f"all {self.capacity} configurations are in use; clear one or attach with a larger capacity")
+        return self.set(free, config)
+
+    def clear(self, i: int) -> None:
+        for table in self.tables.values():
+            table.clear(i)
+        self._used.discard(i)
+
+    # -- which sequence gets which configuration ----------------------------------------------
+    def assign(self, ids: Union[int, Sequence[int], torch.Tensor, None]) -> None:
+        """Configuration per sequence of the coming batches ([batch] ids, 0 = unsteered), one id
+        for every row (an int), or None (steering off: hooks return at once)."""
+        if ids is None:
+            self._ids = None
+            return
+        t = torch.as_tensor(ids, dtype=torch.int32)
+        if t.dim() > 1:
+            raise ValueError(f"assign: ids must be an int or a 1-d sequence, got shape {tuple(t.shape)}")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.capacity):
+            raise ValueError(f"assign: ids must be in 0..{self.capacity}")
+        self._ids = t.to(self.device)
+
+    def _config_for(self, h: torch.Tensor) -> torch.Tensor:
+        ids = self._ids
+        if ids.dim() == 0:
+            return ids.expand(h.shape[:-1])
+        if h.dim() < 2 or h.shape[0] != ids.shape[0]:
+            raise ValueError(f"steerkit: {ids.shape[0]} sequence ids assigned but the batch has "
+                             f"shape {tuple(h.shape[:-1])}")
+        return ids.view((-1,) + (1,) * (h.dim() - 2)).expand(h.shape[:-1])
+
+    def _apply(self, h: torch.Tensor, table: SteeringTable) -> Optional[torch.Tensor]:
+        config = self._config_for(h)
+        if torch.is_grad_enabled() and h.requires_grad:
+            return ops.steer(h, config, table, backend=self.backend, validate=False)
+        ops.steer_(h, config, table, backend=self.backend, validate=False)
+        return None
+
+    def _pre_hook(self, table):
+        def hook(module, args, kwargs):
+            if self._ids is None:
+                return None
+            if args:
+                new = self._apply(args[0], table)
+                return None if new is None else ((new,) + tuple(args[1:]), kwargs)
+            new = self._apply(kwargs["hidden_states"], table)
+            return None if new is None else (args, {**kwargs, "hidden_states": new})
+        return hook
+
+    def _out_hook(self, table):
+        def hook(module, args, output):
+            if self._ids is None:
+                return None
+            new = self._apply(_first(output), table)
+            return None if new is None else _replace_first(output, new)
+        return hook
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def detach(self) -> None:
+        """Remove every hook: the model computes exactly what it did before attaching."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.detach()
+        return False
+
+
+def attach(model, sites: Iterable[str], capacity: int = 16, max_directions: int = 1, **kw) -> Steering:
+    """Attach steering tables at ``sites`` of a transformers causal LM (see the module doc)."""
+    return Steering(model, sites, capacity, max_directions, **kw)
+
+
+@contextmanager
+def steer(model, config: Mapping[str, Spec], **kw):
+    """Steer every sequence with one configuration inside the ``with`` block.
+
+    >>> with steerkit.integrations.steer(model, {"resid_post.5": dict(vector=v, strength=4.0)}):
+    ...     model.generate(...)
+    """
+    r = max((1 if s["directions"].dim() == 1 else s["directions"].shape[0]
+             for s in config.values() if s.get("directions") is not None), default=1)
+    handle = Steering(model, config.keys(), capacity=1, max_directions=r, **kw)
+    try:
+        handle.set(1, config)
+        handle.assign(1)
+        yield handle
+    finally:
+        handle.detach()
+
+
+@torch.no_grad()
+def capture(model, sites: Iterable[str], **inputs) -> Dict[str, torch.Tensor]:
+    """Run the model once on ``inputs`` (input_ids, attention_mask, ...) and return the
+    activation at every site ([batch, seq, d], detached copies)."""
+    got: Dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for site in dict.fromkeys(sites):
+            module, kind = resolve_site(model, site)
+            if kind == "pre":
+                def pre(module, args, kwargs, site=site):
+                    got[site] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            else:
+                def out(module, args, output, site=site):
+                    got[site] = _first(output).detach().clone()
+                handles.append(module.register_forward_hook(out))
+        model(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return got

@@ -1,0 +1,167 @@
+"""Steering transformers causal LMs: tiny random models of every supported family."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from steerkit import integrations as I  # noqa: E402
+
+D = 32
+
+
+def _tiny(family):
+    from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GPT2Config,
+                              GPTNeoXConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config,
+                              Qwen3Config)
+
+    common = dict(vocab_size=64, hidden_size=D, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
+                  eos_token_id=2)
+    cfg = {
+        "llama": lambda: LlamaConfig(**common),
+        "mistral": lambda: MistralConfig(**common),
+        "qwen2": lambda: Qwen2Config(**common),
+        "qwen3": lambda: Qwen3Config(**common, head_dim=8),
+        "gemma2": lambda: Gemma2Config(**common, head_dim=8),
+        "gemma3_text": lambda: Gemma3TextConfig(**common, head_dim=8),
+        "phi3": lambda: Phi3Config(**common),
+        "gpt2": lambda: GPT2Config(vocab_size=64, n_embd=D, n_layer=3, n_head=4, bos_token_id=1, eos_token_id=2),
+        "gpt_neox": lambda: GPTNeoXConfig(vocab_size=64, hidden_size=D, intermediate_size=64, num_hidden_layers=3,
+                                          num_attention_heads=4, bos_token_id=1, eos_token_id=2),
+    }[family]()
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+FAMILIES = sorted(I.FAMILIES)
+IDS = torch.randint(3, 64, (3, 7), generator=torch.Generator().manual_seed(5))
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _plain_hook_logits(model, site, fn):
+    """The same intervention written as a plain PyTorch hook (the oracle)."""
+    module, kind = I.resolve_site(model, site)
+    if kind == "pre":
+        h = module.register_forward_pre_hook(lambda m, a, k: ((fn(a[0]),) + a[1:], k) if a else
+                                             (a, {**k, "hidden_states": fn(k["hidden_states"])}), with_kwargs=True)
+    else:
+        h = module.register_forward_hook(lambda m, a, o: (fn(o[0]),) + tuple(o[1:]) if isinstance(o, tuple) else fn(o))
+    try:
+        return _logits(model)
+    finally:
+        h.remove()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["resid_pre", "resid_post", "attn_out", "mlp_out"])
+def test_site_matches_a_plain_hook_and_detach_restores(family, kind):
+    model = _tiny(family)
+    before = _logits(model)
+    site = f"{kind}.1"
+    v = torch.randn(D)
+    with I.steer(model, {site: dict(vector=v, strength=3.0, scale=0.5)}):
+        got = _logits(model)
+    want = _plain_hook_logits(model, site, lambda h: (0.5 * h.float() + 3.0 * v).to(h.dtype))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, before)
+    assert torch.equal(_logits(model), before)  # detached: bit-identical
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
+def test_per_request_steering_leaves_unsteered_rows_bit_identical(family):
+    model = _tiny(family)
+    base = _logits(model)
+    handle = I.attach(model, ["resid_post.0", "resid_pre.2"], capacity=4)
+    a = handle.add({"resid_post.0": dict(vector=torch.randn(D), strength=2.0)})
+    b = handle.add({"resid_pre.2": dict(directions=torch.randn(D), values=0.0)})
+    handle.assign([0, a, b])
+    mixed = _logits(model)
+    handle.assign([a, a, a])
+    all_a = _logits(model)
+    handle.assign(b)
+    all_b = _logits(model)
+    handle.detach()
+    assert torch.equal(mixed[0], base[0])
+    torch.testing.assert_close(mixed[1], all_a[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[2], all_b[2], rtol=1e-5, atol=1e-5)
+    assert torch.equal(_logits(model), base)
+
+
+def test_resid_post_then_resid_pre_of_the_next_block_are_the_same_place():
+    model = _tiny("qwen2")
+    v = torch.randn(D)
+    with I.steer(model, {"resid_post.0": dict(vector=v)}):
+        post = _logits(model)
+    with I.steer(model, {"resid_pre.1": dict(vector=v)}):
+        pre = _logits(model)
+    torch.testing.assert_close(post, pre)
+
+
+def test_capture_matches_hidden_states():
+    model = _tiny("llama")
+    got = I.capture(model, ["resid_pre.0", "resid_post.0", "resid_post.1"], input_ids=IDS)
+    with torch.no_grad():
+        hs = model(input_ids=IDS, output_hidden_states=True).hidden_states
+    assert torch.equal(got["resid_pre.0"], hs[0])
+    assert torch.equal(got["resid_post.0"], hs[1])
+    assert torch.equal(got["resid_post.1"], hs[2])
+
+
+def test_steered_generation_with_cache_equals_recomputation():
+    model = _tiny("llama")
+    prompt = IDS[:2, :5]
+    with I.steer(model, {"resid_post.1": dict(vector=torch.randn(D) * 4, strength=1.0)}):
+        out = model.generate(input_ids=prompt, max_new_tokens=6, do_sample=False, use_cache=True,
+                             attention_mask=torch.ones_like(prompt))
+        seq = prompt
+        with torch.no_grad():
+            for _ in range(6):  # no cache: recompute the whole sequence each step
+                nxt = model(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+                seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(out, seq)
+
+
+def test_gradients_flow_through_steering():
+    model = _tiny("llama")
+    handle = I.attach(model, ["resid_post.1"], capacity=1)
+    handle.set(1, {"resid_post.1": dict(scale=1.0)})
+    handle.assign(1)
+    table = handle.tables["resid_post.1"]
+    table.scale.requires_grad_(True)
+    loss = model(input_ids=IDS).logits.square().mean()
+    (g,) = torch.autograd.grad(loss, table.scale)
+    handle.detach()
+    assert g[1] != 0 and g[0] == 0
+
+
+def test_errors_are_clear():
+    model = _tiny("llama")
+    with pytest.raises(ValueError, match="decoder blocks 0..2"):
+        I.attach(model, ["resid_post.3"])
+    with pytest.raises(ValueError, match="is not one of"):
+        I.attach(model, ["resid.1"])
+    handle = I.attach(model, ["resid_post.0"], capacity=2)
+    with pytest.raises(ValueError, match="not attached"):
+        handle.add({"mlp_out.0": dict(scale=2.0)})
+    with pytest.raises(ValueError, match="ids must be in 0..2"):
+        handle.assign([0, 3])
+    handle.assign([1, 0])  # batch of 3 below
+    with pytest.raises(ValueError, match="2 sequence ids assigned"):
+        _logits(model)
+    handle.detach()
+
+    class Other(torch.nn.Module):
+        config = type("C", (), {"model_type": "mamba"})()
+
+        def __init__(self):
+            super().__init__()
+            self.block = torch.nn.Linear(4, 4)
+
+    with pytest.raises(I.UnsupportedModelError, match="module:"):
+        I.resolve_site(Other(), "resid_post.0")
+    module, kind = I.resolve_site(Other(), "module:block")
+    assert kind == "out" and isinstance(module, torch.nn.Linear)
