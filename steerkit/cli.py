@@ -1,4 +1,5 @@
-"""Command line: ``steerkit bench`` (the op benchmark) and ``steerkit info`` (backends here)."""
+"""Command line: ``steerkit demo`` (the main job), ``steerkit bench`` (the op benchmark),
+``steerkit bench-compile`` and ``steerkit info`` (backends here)."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,12 @@ def main(argv=None) -> int:
     c.add_argument("--backends", type=_names, default=None, help="opaque backends to compare (default triton)")
     c.add_argument("--rounds", type=int, default=5)
     c.add_argument("--out", default=None, help="folder for the JSONL rows")
+    dm = sub.add_parser("demo", help="steer a small real model (Gemma 3 270M) and show the difference")
+    dm.add_argument("--layer", type=int, default=None, help="block whose output is steered (default: a third deep)")
+    dm.add_argument("--strength", type=float, default=None,
+                    help="steering strength in units of the typical residual norm (default 0.2)")
+    dm.add_argument("--max-new-tokens", type=int, default=40)
+    dm.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     sub.add_parser("info", help="versions, devices and each backend's verdict")
     args = p.parse_args(argv)
 
@@ -46,6 +53,12 @@ def main(argv=None) -> int:
         for op in ("scale", "add", "project_out", "add_gathered", "patch", "steer"):
             print(f"  {op:<13}" + "  ".join(f"{k}: {v}" for k, v in ops.explain(op, h).items()))
         return 0
+
+    if args.cmd == "demo":
+        from steerkit.demo import main as demo_main
+
+        return demo_main(layer=args.layer, strength=args.strength, max_new_tokens=args.max_new_tokens,
+                         device=args.device)
 
     from steerkit import bench
 
