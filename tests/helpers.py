@@ -6,7 +6,6 @@ import torch
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _cuda_ext_ok():

@@ -8,7 +8,7 @@ Backends: the steerkit ones ("torch" = the float32 reference path, "triton", "cu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 
@@ -112,7 +112,3 @@ BUILDERS = {
 
 def build(op: str, T: int, d: int, dtype, device, backends) -> List[Case]:
     return BUILDERS[op](T, d, dtype, device, backends)
-
-
-def first(xs, default=None) -> Optional[object]:
-    return next(iter(xs), default)

@@ -79,7 +79,7 @@ def run(Ts=(1, 64, 4096, 16384), d: int = 4096, dtype=torch.bfloat16, rounds: in
             # dynamo's recompile limit (8 per code object) is never reached
             torch._dynamo.reset()
             fns, (x, r) = _variants(kind, T, d, dtype, backends)
-            calls = {n: (lambda f=f: f(x, r)) for n, f in fns.items()}
+            calls = {n: (lambda f=f, x=x, r=r: f(x, r)) for n, f in fns.items()}
             for c in calls.values():  # compile outside the timing
                 c()
             timers = {n: GraphTimer(c, n=10) for n, c in calls.items()}

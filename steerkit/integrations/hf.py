@@ -67,7 +67,7 @@ def num_layers(model) -> int:
 
 def hidden_size(model) -> int:
     cfg = model.config
-    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+    return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
 
 def resolve_site(model, site: str):
