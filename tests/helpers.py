@@ -1,5 +1,4 @@
 """Shared test helpers: device, backends, shapes, layouts and per-dtype tolerances."""
-import os
 
 import pytest
 import torch
