@@ -165,3 +165,67 @@ def test_errors_are_clear():
         I.resolve_site(Other(), "resid_post.0")
     module, kind = I.resolve_site(Other(), "module:block")
     assert kind == "out" and isinstance(module, torch.nn.Linear)
+
+
+def _oracle_generate(model, prompt, mask, v, keep_fn, steps):
+    """Greedy generation with a plain hook adding v at resid_post.1 where keep_fn(pos, S) holds."""
+    block = model.model.layers[1]
+
+    def hook(mod, args, kwargs, out):
+        pos = kwargs["position_ids"].expand(out.shape[0], out.shape[1])
+        keep = keep_fn(pos, out.shape[1])
+        return out + keep.unsqueeze(-1).to(out.dtype) * v
+
+    h = block.register_forward_hook(hook, with_kwargs=True)
+    try:
+        return model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                              pad_token_id=0)
+    finally:
+        h.remove()
+
+
+@pytest.mark.parametrize("rule", ["all", "prompt", "generated", "last_prompt", 6])
+def test_position_rules_and_left_padding_in_generation(rule):
+    model = _tiny("llama")
+    prompt = torch.tensor([[0, 0, 5, 9, 7, 8], [4, 5, 6, 7, 8, 9]])  # left padded
+    mask = (prompt != 0).long()
+    n = mask.sum(1, keepdim=True)
+    pad = mask == 0
+    v = torch.randn(D) * 6
+
+    def keep_fn(pos, S):
+        keep = {"all": torch.ones_like(pos, dtype=torch.bool), "prompt": pos < n, "generated": pos >= n,
+                "last_prompt": pos == n - 1}.get(rule, pos >= 6 if rule == 6 else None)
+        return keep & ~pad if S == prompt.shape[1] else keep
+
+    with I.steer(model, {"resid_post.1": dict(vector=v)}, positions=rule, attention_mask=mask):
+        got = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    want = _oracle_generate(model, prompt, mask, v, keep_fn, 5)
+    plain = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, want)
+    if rule in ("all", "prompt", "generated"):
+        assert not torch.equal(got, plain)  # the rule did steer something
+
+
+def test_padding_rows_stay_untouched():
+    model = _tiny("llama")
+    prompt = torch.tensor([[0, 0, 5, 9, 7], [4, 5, 6, 7, 8]])
+    mask = (prompt != 0).long()
+    base = I.capture(model, ["resid_post.1"], input_ids=prompt, attention_mask=mask)["resid_post.1"]
+    with I.steer(model, {"resid_post.0": dict(vector=torch.randn(D))}, attention_mask=mask):
+        got = I.capture(model, ["resid_post.0"], input_ids=prompt, attention_mask=mask,
+                        position_ids=(mask.cumsum(1) - 1).clamp(min=0))["resid_post.0"]
+    plain0 = I.capture(model, ["resid_post.0"], input_ids=prompt, attention_mask=mask)["resid_post.0"]
+    assert torch.equal(got[mask == 0], plain0[mask == 0])  # padding untouched
+    assert not torch.equal(got[mask == 1], plain0[mask == 1])
+    assert base.shape == got.shape
+
+
+def test_position_rule_errors():
+    model = _tiny("llama")
+    handle = I.attach(model, ["resid_post.0"], capacity=1)
+    with pytest.raises(ValueError, match="needs the prompt batch's attention_mask"):
+        handle.assign(1, positions="prompt")
+    with pytest.raises(ValueError, match="positions must be one of"):
+        handle.assign(1, positions="middle")
+    handle.detach()

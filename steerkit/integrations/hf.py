@@ -127,8 +127,16 @@ class Steering:
         self.tables: Dict[str, SteeringTable] = {}
         self._handles = []
         self._ids: Optional[torch.Tensor] = None  # per sequence, int32, or a 0-d id for all rows
+        self._rule = "all"  # which absolute positions are steered (see assign)
+        self._prompt_len: Optional[torch.Tensor] = None  # [batch] real prompt tokens
+        self._pad: Optional[torch.Tensor] = None  # [batch, prompt length] True on padding
+        self._pos: Optional[torch.Tensor] = None  # position_ids of the current forward
         self._used = set()
         try:
+            mt = getattr(getattr(model, "config", None), "model_type", None)
+            if mt in FAMILIES:  # every block gets the same position_ids: read them at block 0
+                first_block = _get(model, FAMILIES[mt][0])[0]
+                self._handles.append(first_block.register_forward_pre_hook(self._positions_hook, with_kwargs=True))
             for site in self.sites:
                 module, kind = resolve_site(model, site)
                 table = SteeringTable(d, capacity, max_directions, device=self.device, dtype=dtype)
@@ -174,9 +182,16 @@ class Steering:
         self._used.discard(i)
 
     # -- which sequence gets which configuration ----------------------------------------------
-    def assign(self, ids: Union[int, Sequence[int], torch.Tensor, None]) -> None:
+    def assign(self, ids: Union[int, Sequence[int], torch.Tensor, None], positions: Union[str, int] = "all",
+               attention_mask: Optional[torch.Tensor] = None) -> None:
         """Configuration per sequence of the coming batches ([batch] ids, 0 = unsteered), one id
-        for every row (an int), or None (steering off: hooks return at once)."""
+        for every row (an int), or None (steering off: hooks return at once).
+
+        positions: which absolute token positions are steered: "all", "prompt", "generated",
+        "last_prompt" (the last prompt token), or an int p (positions >= p). "prompt",
+        "generated" and "last_prompt" need ``attention_mask`` (the prompt batch's mask), which
+        also keeps padding tokens untouched.
+        """
         if ids is None:
             self._ids = None
             return
@@ -185,16 +200,63 @@ class Steering:
             raise ValueError(f"assign: ids must be an int or a 1-d sequence, got shape {tuple(t.shape)}")
         if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.capacity):
             raise ValueError(f"assign: ids must be in 0..{self.capacity}")
+        rules = ("all", "prompt", "generated", "last_prompt")
+        if not (positions in rules or (isinstance(positions, int) and not isinstance(positions, bool) and positions >= 0)):
+            raise ValueError(f"assign: positions must be one of {rules} or an int >= 0, got {positions!r}")
+        if positions in ("prompt", "generated", "last_prompt") and attention_mask is None:
+            raise ValueError(f"assign: positions={positions!r} needs the prompt batch's attention_mask")
+        if (positions != "all" or attention_mask is not None) and self._pos_hook_missing():
+            raise ValueError("assign: position rules need a supported model family (position_ids of its blocks)")
+        self._rule = positions
+        if attention_mask is not None:
+            mask = attention_mask.to(self.device).bool()
+            self._pad, self._prompt_len = ~mask, mask.sum(dim=1)
+        else:
+            self._pad = self._prompt_len = None
         self._ids = t.to(self.device)
+
+    def _pos_hook_missing(self) -> bool:
+        mt = getattr(getattr(self.model, "config", None), "model_type", None)
+        return mt not in FAMILIES
+
+    def _positions_hook(self, module, args, kwargs):
+        self._pos = kwargs.get("position_ids")
 
     def _config_for(self, h: torch.Tensor) -> torch.Tensor:
         ids = self._ids
         if ids.dim() == 0:
-            return ids.expand(h.shape[:-1])
-        if h.dim() < 2 or h.shape[0] != ids.shape[0]:
+            config = ids.expand(h.shape[:-1])
+        elif h.dim() < 2 or h.shape[0] != ids.shape[0]:
             raise ValueError(f"steerkit: {ids.shape[0]} sequence ids assigned but the batch has "
                              f"shape {tuple(h.shape[:-1])}")
-        return ids.view((-1,) + (1,) * (h.dim() - 2)).expand(h.shape[:-1])
+        else:
+            config = ids.view((-1,) + (1,) * (h.dim() - 2)).expand(h.shape[:-1])
+        if self._rule == "all" and self._pad is None:
+            return config
+        keep = self._position_mask(h)
+        return torch.where(keep, config, torch.zeros_like(config))
+
+    def _position_mask(self, h: torch.Tensor) -> torch.Tensor:
+        """[batch, seq] True where the rule steers (absolute positions; padding never)."""
+        B, S = h.shape[0], h.shape[1]
+        pos = self._pos
+        if pos is None or pos.shape[-1] != S:
+            raise ValueError("steerkit: position rules need the position_ids of this forward")
+        pos = pos.to(h.device).expand(B, S)
+        rule, n = self._rule, None if self._prompt_len is None else self._prompt_len.view(-1, 1)
+        if rule == "all":
+            keep = torch.ones_like(pos, dtype=torch.bool)
+        elif rule == "prompt":
+            keep = pos < n
+        elif rule == "generated":
+            keep = pos >= n
+        elif rule == "last_prompt":
+            keep = pos == n - 1
+        else:
+            keep = pos >= rule
+        if self._pad is not None and S == self._pad.shape[1]:  # the prompt's forward: skip padding
+            keep = keep & ~self._pad
+        return keep
 
     def _apply(self, h: torch.Tensor, table: SteeringTable) -> Optional[torch.Tensor]:
         config = self._config_for(h)
@@ -243,8 +305,10 @@ def attach(model, sites: Iterable[str], capacity: int = 16, max_directions: int 
 
 
 @contextmanager
-def steer(model, config: Mapping[str, Spec], **kw):
-    """Steer every sequence with one configuration inside the ``with`` block.
+def steer(model, config: Mapping[str, Spec], positions: Union[str, int] = "all",
+          attention_mask: Optional[torch.Tensor] = None, **kw):
+    """Steer every sequence with one configuration inside the ``with`` block (``positions`` and
+    ``attention_mask`` as in ``Steering.assign``).
 
     >>> with steerkit.integrations.steer(model, {"resid_post.5": dict(vector=v, strength=4.0)}):
     ...     model.generate(...)
@@ -254,7 +318,7 @@ def steer(model, config: Mapping[str, Spec], **kw):
     handle = Steering(model, config.keys(), capacity=1, max_directions=r, **kw)
     try:
         handle.set(1, config)
-        handle.assign(1)
+        handle.assign(1, positions=positions, attention_mask=attention_mask)
         yield handle
     finally:
         handle.detach()
