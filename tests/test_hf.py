@@ -229,3 +229,29 @@ def test_position_rule_errors():
     with pytest.raises(ValueError, match="positions must be one of"):
         handle.assign(1, positions="middle")
     handle.detach()
+
+
+def test_packed_batch_per_token_assignment():
+    """Flattened tokens of three sequences, each with its own configuration (or none)."""
+    model = _tiny("qwen2")
+    lengths = [3, 5, 2]
+    tokens = torch.randint(3, 64, (1, sum(lengths)))
+    position_ids = torch.cat([torch.arange(n) for n in lengths]).view(1, -1)
+    handle = I.attach(model, ["resid_post.1"], capacity=3)
+    va, vb = torch.randn(D) * 3, torch.randn(D) * 3
+    a = handle.add({"resid_post.1": dict(vector=va)})
+    b = handle.add({"resid_post.1": dict(vector=vb)})
+    per_token = handle.packed([a, 0, b], lengths)
+    assert per_token.tolist() == [[a] * 3 + [0] * 5 + [b] * 2]
+    handle.assign_tokens(per_token)
+    with torch.no_grad():
+        got = model(input_ids=tokens, position_ids=position_ids).logits
+    handle.detach()
+    add = torch.cat([va.expand(3, D), torch.zeros(5, D), vb.expand(2, D)]).unsqueeze(0)
+    hook = model.model.layers[1].register_forward_hook(lambda m, a_, o: o + add)
+    with torch.no_grad():
+        want = model(input_ids=tokens, position_ids=position_ids).logits
+    hook.remove()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="3 ids for 2 sequence lengths"):
+        handle.packed([1, 2, 3], [4, 5])

@@ -127,6 +127,7 @@ class Steering:
         self.tables: Dict[str, SteeringTable] = {}
         self._handles = []
         self._ids: Optional[torch.Tensor] = None  # per sequence, int32, or a 0-d id for all rows
+        self._tokens: Optional[torch.Tensor] = None  # or one id per token (packed batches)
         self._rule = "all"  # which absolute positions are steered (see assign)
         self._prompt_len: Optional[torch.Tensor] = None  # [batch] real prompt tokens
         self._pad: Optional[torch.Tensor] = None  # [batch, prompt length] True on padding
@@ -192,6 +193,7 @@ class Steering:
         "generated" and "last_prompt" need ``attention_mask`` (the prompt batch's mask), which
         also keeps padding tokens untouched.
         """
+        self._tokens = None
         if ids is None:
             self._ids = None
             return
@@ -215,6 +217,25 @@ class Steering:
             self._pad = self._prompt_len = None
         self._ids = t.to(self.device)
 
+    def assign_tokens(self, config: torch.Tensor) -> None:
+        """One configuration id per token, shaped like the hidden states without d: [batch, seq],
+        e.g. [1, total] for a packed batch (see ``packed``). Replaces ``assign``."""
+        t = torch.as_tensor(config, dtype=torch.int32)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.capacity):
+            raise ValueError(f"assign_tokens: ids must be in 0..{self.capacity}")
+        self._rule, self._pad, self._prompt_len = "all", None, None
+        self._tokens = t.to(self.device)
+        self._ids = self._tokens  # steering on
+
+    @staticmethod
+    def packed(ids: Sequence[int], lengths: Sequence[int]) -> torch.Tensor:
+        """Per-token ids [1, sum(lengths)] of a packed batch: sequence i's id over its tokens."""
+        ids_t = torch.as_tensor(ids, dtype=torch.int32)
+        lens = torch.as_tensor(lengths, dtype=torch.long)
+        if ids_t.shape != lens.shape:
+            raise ValueError(f"packed: {ids_t.numel()} ids for {lens.numel()} sequence lengths")
+        return torch.repeat_interleave(ids_t, lens).view(1, -1)
+
     def _pos_hook_missing(self) -> bool:
         mt = getattr(getattr(self.model, "config", None), "model_type", None)
         return mt not in FAMILIES
@@ -223,6 +244,11 @@ class Steering:
         self._pos = kwargs.get("position_ids")
 
     def _config_for(self, h: torch.Tensor) -> torch.Tensor:
+        if self._tokens is not None:
+            if tuple(self._tokens.shape) != tuple(h.shape[:-1]):
+                raise ValueError(f"steerkit: per-token ids of shape {tuple(self._tokens.shape)} assigned but the "
+                                 f"hidden states have shape {tuple(h.shape[:-1])}")
+            return self._tokens
         ids = self._ids
         if ids.dim() == 0:
             config = ids.expand(h.shape[:-1])
