@@ -255,3 +255,25 @@ def test_packed_batch_per_token_assignment():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="3 ids for 2 sequence lengths"):
         handle.packed([1, 2, 3], [4, 5])
+
+
+def test_compiled_model_fullgraph_no_recompile_when_steering_changes():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    model = _tiny("llama")
+    handle = I.attach(model, ["resid_post.1", "attn_out.0"], capacity=4)
+    a = handle.add({"resid_post.1": dict(vector=torch.randn(D), strength=2.0)})
+    b = handle.add({"attn_out.0": dict(scale=0.5, directions=torch.randn(D))})
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)  # no graph break allowed
+    outs = []
+    with torch.no_grad():
+        for ids, strength in (([a, b], 2.0), ([b, a], -3.0), ([0, a], 5.0)):
+            handle.assign(ids)
+            handle.tables["resid_post.1"].set_strength(a, strength)
+            got = compiled(input_ids=IDS[:2]).logits
+            torch.testing.assert_close(got, model(input_ids=IDS[:2]).logits, rtol=1e-5, atol=1e-5)
+            outs.append(got)
+    handle.detach()
+    assert counter.frame_count == 1
+    assert not torch.allclose(outs[0], outs[1])
