@@ -57,12 +57,12 @@ def _plain_hook_logits(model, site, fn):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("kind", ["resid_pre", "resid_post", "attn_out", "mlp_out"])
+@pytest.mark.parametrize("kind", ["resid_pre", "resid_post", "attn_out", "mlp_out", "attn_heads"])
 def test_site_matches_a_plain_hook_and_detach_restores(family, kind):
     model = _tiny(family)
     before = _logits(model)
     site = f"{kind}.1"
-    v = torch.randn(D)
+    v = torch.randn(I.site_width(model, site))
     with I.steer(model, {site: dict(vector=v, strength=3.0, scale=0.5)}):
         got = _logits(model)
     want = _plain_hook_logits(model, site, lambda h: (0.5 * h.float() + 3.0 * v).to(h.dtype))
@@ -277,3 +277,72 @@ def test_compiled_model_fullgraph_no_recompile_when_steering_changes():
     handle.detach()
     assert counter.frame_count == 1
     assert not torch.allclose(outs[0], outs[1])
+
+
+def test_attention_heads_site_with_head_dim_wider_than_the_model():
+    """attn_heads: the o_proj input, n_heads * head_dim wide (here 4 * 16 = 64 > hidden 32)."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(Gemma3TextConfig(
+        vocab_size=64, hidden_size=D, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, pad_token_id=0)).eval()
+    site = "attn_heads.1"
+    assert I.site_width(model, site) == 64
+    per_head = torch.randn(4, 16)
+    u = torch.randn(16)
+    ablate = I.head_vector(model, 2, u)  # a direction inside head 2 only
+    assert ablate[:32].abs().sum() == 0 and torch.equal(ablate[32:48], u)
+    with I.steer(model, {site: dict(vector=per_head, directions=ablate.view(1, 4, 16))}):
+        got = _logits(model)
+    un = ablate / ablate.norm()
+
+    def fn(h):
+        h = h - (h @ un).unsqueeze(-1) * un
+        return h + per_head.reshape(-1)
+    want = _plain_hook_logits(model, site, fn)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="head 4 out of range"):
+        I.head_vector(model, 4, u)
+    with pytest.raises(ValueError, match="head_dim"):
+        I.head_vector(model, 0, torch.randn(8))
+
+
+def test_static_cache_compiled_generate_steers_without_graph_break_or_recompile():
+    """generate with the static cache and transformers' own compiled forward (fullgraph): the same
+    greedy tokens as eager steered generation with the dynamic cache; one compiled frame while
+    assignments, strengths and vectors change."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    model = _tiny("llama")
+    prompt = torch.tensor([[0, 0, 5, 9, 7, 8], [4, 5, 6, 7, 8, 9]])
+    mask = (prompt != 0).long()
+    frames = []
+
+    def backend(gm, example_inputs):  # counts compiled frames (transformers deep-copies the config)
+        frames.append(gm)
+        return gm.forward
+
+    cc = CompileConfig(fullgraph=True, backend=backend, mode=None)
+    cc._compile_all_devices = True  # transformers only auto-compiles on accelerators otherwise
+    handle = I.attach(model, ["resid_post.1", "resid_pre.2"], capacity=4)
+    a = handle.add({"resid_post.1": dict(vector=torch.randn(D) * 3)})
+    b = handle.add({"resid_pre.2": dict(scale=0.5, directions=torch.randn(D))})
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    plain = None
+    for ids, strength in (([a, b], 1.0), ([b, a], -2.0), ([0, a], 3.0)):
+        handle.assign(ids, attention_mask=mask)
+        handle.tables["resid_post.1"].set_strength(a, strength)
+        got = model.generate(prompt, cache_implementation="static", compile_config=cc, **kw)
+        want = model.generate(prompt, **kw)
+        assert torch.equal(got, want)
+        if ids[0] == 0:  # the unsteered row equals the untouched model's
+            handle.assign(None)
+            plain = model.generate(prompt, **kw)
+            n = min(got.shape[1], plain.shape[1])  # a batch stops early once every row hit EOS
+            assert torch.equal(got[0, :n], plain[0, :n]) and not torch.equal(got[1, :n], plain[1, :n])
+    handle.tables["resid_post.1"].set(a, vector=torch.randn(D) * 3)
+    handle.assign([a, a], attention_mask=mask)
+    model.generate(prompt, cache_implementation="static", compile_config=cc, **kw)
+    handle.detach()
+    assert len(frames) == 1

@@ -1,4 +1,6 @@
 """Attaching steering to real model stacks (Hugging Face transformers first)."""
-from .hf import FAMILIES, Steering, UnsupportedModelError, attach, capture, resolve_site, steer
+from .hf import (FAMILIES, Steering, UnsupportedModelError, attach, capture, head_vector, resolve_site, site_width,
+                 steer)
 
-__all__ = ["FAMILIES", "Steering", "UnsupportedModelError", "attach", "capture", "resolve_site", "steer"]
+__all__ = ["FAMILIES", "Steering", "UnsupportedModelError", "attach", "capture", "resolve_site", "site_width", "steer",
+           "head_vector"]

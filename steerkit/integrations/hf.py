@@ -6,6 +6,9 @@ Sites (``l`` = decoder block index):
   attn_out.{l}    attention output before it joins the residual stream (after the post-attention
                   norm in Gemma 2/3, whose normed output is what joins)
   mlp_out.{l}     MLP output before it joins the residual stream (after Gemma's post-MLP norm)
+  attn_heads.{l}  the per-head attention outputs before the output projection, concatenated
+                  ([n_heads * head_dim]; head h is the slice h*head_dim:(h+1)*head_dim). Vectors and
+                  directions may be given as [n_heads, head_dim]; see ``head_vector``.
   module:<path>   the output of any submodule, by its dotted path (for unsupported architectures)
 
 Every site holds a SteeringTable; configuration ids are shared across sites (id i is the same
@@ -22,20 +25,20 @@ import torch
 from steerkit import ops
 from steerkit.steering import SteeringTable
 
-# model_type -> (path of the decoder block list, attention child, attention output site child,
-#                mlp output site child)
+# model_type -> (path of the decoder block list, attention output projection in a block,
+#                attention output site child, mlp output site child)
 FAMILIES = {
-    "llama": ("model.layers", "self_attn", "self_attn", "mlp"),
-    "mistral": ("model.layers", "self_attn", "self_attn", "mlp"),
-    "qwen2": ("model.layers", "self_attn", "self_attn", "mlp"),
-    "qwen3": ("model.layers", "self_attn", "self_attn", "mlp"),
-    "phi3": ("model.layers", "self_attn", "self_attn", "mlp"),
-    "gemma2": ("model.layers", "self_attn", "post_attention_layernorm", "post_feedforward_layernorm"),
-    "gemma3_text": ("model.layers", "self_attn", "post_attention_layernorm", "post_feedforward_layernorm"),
-    "gpt2": ("transformer.h", "attn", "attn", "mlp"),
-    "gpt_neox": ("gpt_neox.layers", "attention", "attention", "mlp"),
+    "llama": ("model.layers", "self_attn.o_proj", "self_attn", "mlp"),
+    "mistral": ("model.layers", "self_attn.o_proj", "self_attn", "mlp"),
+    "qwen2": ("model.layers", "self_attn.o_proj", "self_attn", "mlp"),
+    "qwen3": ("model.layers", "self_attn.o_proj", "self_attn", "mlp"),
+    "phi3": ("model.layers", "self_attn.o_proj", "self_attn", "mlp"),
+    "gemma2": ("model.layers", "self_attn.o_proj", "post_attention_layernorm", "post_feedforward_layernorm"),
+    "gemma3_text": ("model.layers", "self_attn.o_proj", "post_attention_layernorm", "post_feedforward_layernorm"),
+    "gpt2": ("transformer.h", "attn.c_proj", "attn", "mlp"),
+    "gpt_neox": ("gpt_neox.layers", "attention.dense", "attention", "mlp"),
 }
-SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "attn_heads")
 
 Spec = Mapping[str, object]  # keyword arguments of SteeringTable.set
 
@@ -80,7 +83,7 @@ def resolve_site(model, site: str):
     kind, _, idx = site.partition(".")
     if kind not in SITE_KINDS or not idx.isdigit():
         raise ValueError(f"site {site!r} is not one of {[k + '.<layer>' for k in SITE_KINDS]} or 'module:<path>'")
-    layers_path, _, attn_site, mlp_site = _family(model)
+    layers_path, o_proj, attn_site, mlp_site = _family(model)
     layers = _get(model, layers_path)
     layer = int(idx)
     if not 0 <= layer < len(layers):
@@ -90,7 +93,55 @@ def resolve_site(model, site: str):
         return block, "pre"
     if kind == "resid_post":
         return block, "out"
+    if kind == "attn_heads":
+        return _get(block, o_proj), "pre"
     return getattr(block, attn_site if kind == "attn_out" else mlp_site), "out"
+
+
+def num_heads(model) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
+
+
+def site_width(model, site: str) -> int:
+    """Width of the activation at a site: hidden_size, or n_heads * head_dim for attn_heads."""
+    if site.startswith("attn_heads."):
+        proj, _ = resolve_site(model, site)
+        w = getattr(proj, "in_features", None) or getattr(proj, "nx", None)  # Linear, or GPT-2's Conv1D
+        if w is None:
+            raise UnsupportedModelError(f"site {site!r}: cannot tell the width of {type(proj).__name__}")
+        return int(w)
+    if site.startswith("module:"):  # a Linear's output width, else the residual width
+        return int(getattr(resolve_site(model, site)[0], "out_features", None) or hidden_size(model))
+    return hidden_size(model)
+
+
+def head_vector(model, head: int, v: torch.Tensor, layer: int = 0) -> torch.Tensor:
+    """A vector for an ``attn_heads`` site that is ``v`` ([head_dim]) in head ``head`` and zero in
+    every other head (use it as a vector, or as a direction to ablate within one head)."""
+    width, n = site_width(model, f"attn_heads.{layer}"), num_heads(model)
+    hd = width // n
+    if not 0 <= head < n:
+        raise ValueError(f"head {head} out of range: the model has {n} attention heads")
+    if v.shape != (hd,):
+        raise ValueError(f"head_vector: v must have shape ({hd},) (head_dim), got {tuple(v.shape)}")
+    out = v.new_zeros(width)
+    out[head * hd:(head + 1) * hd] = v
+    return out
+
+
+def _flat_heads(site: str, spec: Spec) -> Spec:
+    """attn_heads sites accept [n_heads, head_dim] vectors and [r, n_heads, head_dim] directions."""
+    if not site.startswith("attn_heads."):
+        return spec
+    spec = dict(spec)
+    v = spec.get("vector")
+    if isinstance(v, torch.Tensor) and v.dim() == 2:
+        spec["vector"] = v.reshape(-1)
+    u = spec.get("directions")
+    if isinstance(u, torch.Tensor) and u.dim() == 3:
+        spec["directions"] = u.reshape(u.shape[0], -1)
+    return spec
 
 
 def _first(x):
@@ -120,7 +171,6 @@ class Steering:
         self.backend = backend
         param = next(model.parameters())
         self.device = param.device
-        d = hidden_size(model)
         self.sites: List[str] = list(dict.fromkeys(sites))
         if not self.sites:
             raise ValueError("Steering needs at least one site")
@@ -140,7 +190,10 @@ class Steering:
                 self._handles.append(first_block.register_forward_pre_hook(self._positions_hook, with_kwargs=True))
             for site in self.sites:
                 module, kind = resolve_site(model, site)
-                table = SteeringTable(d, capacity, max_directions, device=self.device, dtype=dtype)
+                table = SteeringTable(site_width(model, site), capacity, max_directions, device=self.device,
+                                      dtype=dtype)
+                for t in table.tensors():  # updated in place: CUDA graphs (reduce-overhead) read them, no copies
+                    torch._dynamo.mark_static_address(t)
                 self.tables[site] = table
                 if kind == "pre":
                     h = module.register_forward_pre_hook(self._pre_hook(table), with_kwargs=True)
@@ -164,7 +217,7 @@ class Steering:
             raise ValueError(f"sites {sorted(unknown)} are not attached; attached: {self.sites}")
         for site, table in self.tables.items():
             if site in config:
-                table.set(i, **dict(config[site]))
+                table.set(i, **dict(_flat_heads(site, config[site])))
             else:
                 table.clear(i)  # identity at the sites this configuration does not steer
         self._used.add(i)
