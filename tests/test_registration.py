@@ -207,3 +207,54 @@ def test_compiled_cudagraphs_no_recompile():
         got = compiled(x).clone()
         torch.testing.assert_close(got, f(x), rtol=1e-3, atol=1e-3)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("kinds", [dict(vector=True), dict(scale=True), dict(directions=1),
+                                   dict(dynamic=True), dict(scale=True, directions=2, vector=True)])
+def test_compiled_graph_specialises_on_the_kinds_a_table_uses(kinds):
+    """table.uses restricts the compiled reference to the kinds held; results equal the full
+    reference bit for bit; a new kind recompiles once, later value changes never do."""
+    from steerkit import SteeringTable
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()  # the parametrised runs share f's code object
+    d, T = 16, 9
+    table = SteeringTable(d, 4, 2, device=DEVICE)
+    spec = {}
+    if kinds.get("vector"):
+        spec.update(vector=randn(d), strength=0.7)
+    if kinds.get("scale"):
+        spec.update(scale=1.3)
+    if kinds.get("directions"):
+        spec.update(directions=torch.linalg.qr(torch.randn(d, 2))[0].T[:kinds["directions"]].to(DEVICE))
+    if kinds.get("dynamic"):
+        spec.update(dynamic=(randn(d) / 4, 0.5))
+    table.set(1, **spec)
+    table.set(2, **spec)
+    expected = (bool(kinds.get("scale")), bool(kinds.get("dynamic")), kinds.get("directions", 0),
+                bool(kinds.get("vector")))
+    assert table.uses == expected
+    config = torch.randint(0, 3, (T,), device=DEVICE, dtype=torch.int32)
+
+    def f(h, config):
+        return ops.steer_(h, config, table)
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(f, backend=counter, fullgraph=True)
+    for step in range(3):
+        h = randn(T, d)
+        want = reference.steer(h, config, *table.tensors())
+        got = compiled(h.clone(), config)
+        assert torch.equal(got, want)
+        assert torch.equal(reference.steer_uses(h, config, *table.tensors(), uses=table.uses), want)
+        table.set(2, **{**spec, **({"strength": float(step)} if "vector" in spec else {})})
+        config.random_(0, 3)
+    assert counter.frame_count == 1
+    table.set(3, scale=0.5, dynamic=(randn(d), 0.1), directions=randn(2, d)[:1], vector=randn(d))
+    assert table.uses == (True, True, max(1, kinds.get("directions", 0)), True)
+    config[0] = 3
+    h = randn(T, d)
+    assert torch.equal(compiled(h.clone(), config), reference.steer(h, config, *table.tensors()))
+    assert counter.frame_count == 2  # the new kinds recompiled once
+    table.clear(3)
+    assert table.uses[1]  # never shrinks: no flip-flopping recompiles

@@ -140,11 +140,14 @@ def register(name: str, params_schema: str, reference: Callable, prepare: Callab
                       getattr(torch.ops.steerkit, name).default)
 
 
-def call(name: str, inplace: bool, h: torch.Tensor, params: Sequence, backend: Optional[str]) -> torch.Tensor:
-    """Run op ``name`` on h (checked already) with the chosen backend; returns h or the new tensor."""
+def call(name: str, inplace: bool, h: torch.Tensor, params: Sequence, backend: Optional[str],
+         compiled_reference: Optional[Callable] = None) -> torch.Tensor:
+    """Run op ``name`` on h (checked already) with the chosen backend; returns h or the new tensor.
+    Under torch.compile the op is its reference (or ``compiled_reference``, an equivalent
+    specialisation), plain PyTorch that Inductor fuses into the surrounding graph."""
     op = OPS[name]
-    if torch.compiler.is_compiling():  # plain PyTorch that Inductor can fuse
-        y = op.reference(h, *params)
+    if torch.compiler.is_compiling():
+        y = (compiled_reference or op.reference)(h, *params)
         if inplace:
             h.copy_(y)
             return h

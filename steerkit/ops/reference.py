@@ -123,20 +123,35 @@ def steer(
     Shapes: scale, dyn_b, strength [N] float32; flags, n_dirs [N] int32; dyn_w, vec [N, d];
     dirs [N, R, d]; dir_val [N, R].
     """
+    return steer_uses(x, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength,
+                      uses=(True, True, dirs.shape[1], True))
+
+
+def steer_uses(x, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength, *, uses):
+    """``steer`` restricted to the parts a table uses: ``uses = (scale, dynamic, directions,
+    vector)`` says whether any configuration has a scale != 1, a dynamic scale, how many
+    direction slots any configuration fills, and whether any adds a vector. The parts left out
+    are the identity for every configuration, so the result is the same bit for bit; under
+    torch.compile this is what keeps an add-only table as cheap as ``h + v``."""
+    use_scale, use_dyn, r_used, use_vec = uses
     n = scale.shape[0]
     i = _safe_index(config, n)
     xf = x.float()
-    c = scale[i].float().unsqueeze(-1)
+    y = xf
     f = flags[i].unsqueeze(-1)
-    dyn = (dyn_w[i].float() * xf).sum(-1, keepdim=True) + dyn_b[i].float().unsqueeze(-1)
-    g = torch.where((f & FLAG_DYNAMIC) != 0, dyn, torch.ones_like(dyn))
-    y = c * g * xf
+    if use_scale or use_dyn:
+        c = scale[i].float().unsqueeze(-1)
+        if use_dyn:
+            dyn = (dyn_w[i].float() * xf).sum(-1, keepdim=True) + dyn_b[i].float().unsqueeze(-1)
+            c = c * torch.where((f & FLAG_DYNAMIC) != 0, dyn, torch.ones_like(dyn))
+        y = c * xf
     nd = n_dirs[i].unsqueeze(-1)
-    for k in range(dirs.shape[1]):
+    for k in range(min(r_used, dirs.shape[1])):
         u = dirs[i, k].float()
         coef = (y * u).sum(-1, keepdim=True) - dir_val[i, k].float().unsqueeze(-1)
         y = torch.where(nd > k, y - coef * u, y)
-    add_v = strength[i].float().unsqueeze(-1) * vec[i].float()
-    y = torch.where((f & FLAG_VECTOR) != 0, y + add_v, y)
+    if use_vec:
+        add_v = strength[i].float().unsqueeze(-1) * vec[i].float()
+        y = torch.where((f & FLAG_VECTOR) != 0, y + add_v, y)
     touched = ((config > 0) & (config < n)).unsqueeze(-1)
     return torch.where(touched, y.to(x.dtype), x)

@@ -8,6 +8,7 @@ anything with ``d``, ``device`` and ``tensors()`` in SteeringTable's order works
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -43,14 +44,22 @@ def _params(op, h, config, table, validate):
     return (config, *tensors)
 
 
+def _compiled_reference(table):
+    """Under torch.compile: the reference restricted to the kinds of intervention the table has
+    held (``table.uses``), so graphs carry only what is used. A table that starts using a new
+    kind makes compiled models recompile once; ``SteeringTable.expect`` avoids even that."""
+    uses = getattr(table, "uses", None)
+    return None if uses is None else functools.partial(reference.steer_uses, uses=tuple(uses))
+
+
 def steer_(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[str] = None,
            validate: bool = True) -> torch.Tensor:
     """In place: row t of h gets configuration config[t] of ``table``. Returns h."""
-    return call("steer", True, h, _params("steer_", h, config, table, validate), backend)
+    return call("steer", True, h, _params("steer_", h, config, table, validate), backend, _compiled_reference(table))
 
 
 def steer(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[str] = None,
           validate: bool = True) -> torch.Tensor:
     """Out of place; differentiable in h and in the table's float tensors (scale, dynamic-scale
     weights and bias, directions and their values, vectors, strengths)."""
-    return call("steer", False, h, _params("steer", h, config, table, validate), backend)
+    return call("steer", False, h, _params("steer", h, config, table, validate), backend, _compiled_reference(table))

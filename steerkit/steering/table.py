@@ -53,6 +53,9 @@ class SteeringTable:
         self.vec = torch.zeros(n, d, device=device, dtype=dtype)
         self.strength = torch.zeros(n, **f32)
         self._used = set()
+        # kinds of intervention any configuration has held (never reset): compiled graphs
+        # specialise on them; see ``uses``
+        self._uses = {"scale": False, "dynamic": False, "directions": 0, "vector": False}
 
     # -- shape -------------------------------------------------------------------------------
     @property
@@ -81,6 +84,26 @@ class SteeringTable:
         """The tensors in the order the op and kernels take them."""
         return (self.scale, self.flags, self.dyn_w, self.dyn_b, self.dirs, self.dir_val,
                 self.n_dirs, self.vec, self.strength)
+
+    @property
+    def uses(self) -> Tuple[bool, bool, int, bool]:
+        """(scale, dynamic, directions, vector): whether any configuration so far had a scale
+        != 1, a dynamic scale, how many direction slots at most, a vector. Compiled models
+        specialise their graphs on this, so it only ever grows (clearing does not shrink it)."""
+        u = self._uses
+        return (u["scale"], u["dynamic"], u["directions"], u["vector"])
+
+    def expect(self, *, scale: bool = False, dynamic: bool = False, directions: int = 0,
+               vector: bool = False) -> None:
+        """Declare kinds of intervention that will be used later, so that a compiled model is
+        compiled for them up front and never recompiles when they first appear."""
+        if not 0 <= directions <= self.max_directions:
+            raise ValueError(f"SteeringTable.expect: directions must be in 0..{self.max_directions}")
+        u = self._uses
+        u["scale"] |= bool(scale)
+        u["dynamic"] |= bool(dynamic)
+        u["directions"] = max(u["directions"], int(directions))
+        u["vector"] |= bool(vector)
 
     # -- writing -----------------------------------------------------------------------------
     def _slot(self, i: int) -> int:
@@ -154,6 +177,8 @@ class SteeringTable:
                 flags |= FLAG_VECTOR
             self.flags[i] = flags
         self._used.add(i)
+        self.expect(scale=float(scale) != 1.0, dynamic=w is not None,
+                    directions=0 if units is None else units.shape[0], vector=vector is not None)
         return i
 
     def add(self, **config) -> int:
@@ -175,6 +200,7 @@ class SteeringTable:
         C.row_param("SteeringTable.set_scale", "scale", scale, self.vec[0, :1], True)
         with torch.no_grad():
             self.scale[self._slot(i)] = float(scale)
+        self.expect(scale=float(scale) != 1.0)
 
     def clear(self, i: int) -> None:
         """Make configuration i the identity again and free its slot."""
