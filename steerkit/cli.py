@@ -33,6 +33,22 @@ def main(argv=None) -> int:
     c.add_argument("--backends", type=_names, default=None, help="opaque backends to compare (default triton)")
     c.add_argument("--rounds", type=int, default=5)
     c.add_argument("--out", default=None, help="folder for the JSONL rows")
+    m = sub.add_parser("bench-model", help="steering overhead on Llama-shaped models: decode and prefill, "
+                                           "eager and compiled, against unsteered and plain hooks")
+    m.add_argument("--shape", default="llama-3.2-1b", help="llama-3.2-1b, llama-3.1-8b or tiny")
+    m.add_argument("--batches", type=_ints, default=(1, 16, 64, 256), help="decode batch sizes (default 1,16,64,256)")
+    m.add_argument("--modes", type=_names, default=("eager", "compiled"), help="eager,compiled")
+    m.add_argument("--phases", type=_names, default=("decode", "prefill"), help="decode,prefill")
+    m.add_argument("--kinds", type=_names, default=None, help="steerkit kinds: add,scale,ablate,dynamic,mix (default all)")
+    m.add_argument("--hook-kinds", type=_names, default=None, help="plain-hook kinds (default all; 'none' for none)")
+    m.add_argument("--assigns", type=_names, default=("shared", "distinct"), help="shared,distinct")
+    m.add_argument("--steps", type=int, default=16, help="decode steps per measurement")
+    m.add_argument("--rounds", type=int, default=3)
+    m.add_argument("--prompt", type=int, default=128, help="prompt length before decoding")
+    m.add_argument("--prefill-batch", type=int, default=16)
+    m.add_argument("--prefill-len", type=int, default=2048)
+    m.add_argument("--deadline", type=float, default=None, help="stop starting new sizes after this many seconds")
+    m.add_argument("--out", default=None, help="folder for the JSONL rows")
     dm = sub.add_parser("demo", help="steer a small real model (Gemma 3 270M) and show the difference")
     dm.add_argument("--layer", type=int, default=None, help="block whose output is steered (default: a third deep)")
     dm.add_argument("--strength", type=float, default=None,
@@ -61,6 +77,23 @@ def main(argv=None) -> int:
                          device=args.device)
 
     from steerkit import bench
+
+    if args.cmd == "bench-model":
+        from steerkit.bench import model_bench
+
+        kw = dict(shape=args.shape, batches=args.batches, modes=args.modes, phases=args.phases,
+                  assigns=args.assigns, steps=args.steps, rounds=args.rounds, prompt=args.prompt,
+                  prefill_batch=args.prefill_batch, prefill_len=args.prefill_len, deadline_s=args.deadline)
+        if args.kinds:
+            kw["kinds"] = [] if args.kinds == ["none"] else args.kinds
+        if args.hook_kinds:
+            kw["hook_kinds"] = [] if args.hook_kinds == ["none"] else args.hook_kinds
+        bad = {k for k in list(kw.get("kinds", [])) + list(kw.get("hook_kinds", [])) if k not in model_bench.KINDS}
+        if bad or args.shape not in model_bench.SHAPES:
+            p.error(f"unknown kinds {sorted(bad)} or shape {args.shape!r}; kinds {model_bench.KINDS}, "
+                    f"shapes {sorted(model_bench.SHAPES)}")
+        bench.run_model(out_dir=args.out, **kw)
+        return 0
 
     if args.cmd == "bench-compile":
         if not torch.cuda.is_available():

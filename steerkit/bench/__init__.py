@@ -131,6 +131,22 @@ def run_compile(out_dir: Optional[str] = None, **kw) -> List[dict]:
     return rows
 
 
+def run_model(out_dir: Optional[str] = None, **kw) -> List[dict]:
+    """Steering overhead on whole models; see steerkit/bench/model_bench.py. Rows are written as
+    they are measured (a run cut short keeps what it measured)."""
+    from . import model_bench
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    env = _environment(device)
+    rows: List[dict] = []
+    try:
+        rows = [dict(r, **env) for r in model_bench.run(**kw)]
+    finally:
+        if out_dir and rows:
+            _write(rows, out_dir, env, device, prefix=f"model-{kw.get('shape', 'llama-3.2-1b')}")
+    return rows
+
+
 def _write(rows: List[dict], out_dir: str, env, device, prefix: str = "ops") -> None:
     os.makedirs(out_dir, exist_ok=True)
     tag = "".join(ch if ch.isalnum() else "-" for ch in env["gpu"].lower()).strip("-") or device

@@ -1,0 +1,244 @@
+"""Steering overhead on whole models: ``steerkit bench-model`` / ``benchmarks/bench_model.py``.
+
+Llama-shaped transformers models with random weights (speed does not depend on the weights), bf16,
+steered at the output of every decoder block (``resid_post.{l}``), against the same model
+unsteered and against the same intervention written as a plain PyTorch forward hook:
+
+- decode: one new token per sequence after a ``prompt``-token prefill, static KV cache; eager, or
+  compiled like transformers' generate compiles it (``torch.compile(model, fullgraph=True,
+  mode="reduce-overhead")``: CUDA graphs). Time per decode step, greedy token fed back.
+- prefill: one forward over ``[batch, prompt]`` tokens (only the last position's logits).
+
+Every variant's hooks are registered once and switched on and off (a switched-off hook returns at
+once, and compiles away), so the compiled variants stay cached side by side and the rounds can be
+interleaved: each round measures every variant once; rows report the median and the spread.
+
+Variants: ``none``; ``steerkit-<kind>`` and ``hook-<kind>`` for kind in add, scale, ablate,
+dynamic, mix; each with one shared configuration (``shared``) or a distinct one per sequence
+(``distinct``).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+SHAPES = {
+    # Llama-3.2-1B and Llama-3.1-8B layer shapes (rope scaling does not change the speed)
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=256, tie_word_embeddings=True),
+}
+KINDS = ("add", "scale", "ablate", "dynamic", "mix")
+
+
+def build_model(shape: str, device: str, dtype=torch.bfloat16):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(**SHAPES[shape], rope_theta=500000.0, max_position_embeddings=8192)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+class _Params:
+    """Random intervention parameters for up to ``n`` configurations (row j = configuration j+1)."""
+
+    def __init__(self, n: int, d: int, device):
+        g = torch.Generator(device="cpu").manual_seed(1)
+        r = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+        self.vec = r(n, d) * 0.05
+        self.scale = 0.8 + 0.4 * torch.rand(n, generator=g).to(device)
+        u = r(n, d)
+        self.dir = u / u.norm(dim=-1, keepdim=True)
+        self.dyn_w = r(n, d) / d ** 0.5 * 0.1
+        self.dyn_b = torch.ones(n, device=device)
+
+    def spec(self, kind: str, j: int) -> dict:
+        add = dict(vector=self.vec[j], strength=1.0)
+        scale = dict(scale=float(self.scale[j]))
+        ablate = dict(directions=self.dir[j])
+        dynamic = dict(dynamic=(self.dyn_w[j], float(self.dyn_b[j])))
+        return {"add": add, "scale": scale, "ablate": ablate, "dynamic": dynamic,
+                "mix": {**scale, **dynamic, **ablate, **add}}[kind]
+
+
+class _SteerkitVariant:
+    """steerkit at every resid_post, one table per site, one kind of intervention."""
+
+    def __init__(self, model, kind: str, params: _Params, capacity: int):
+        from steerkit.integrations import attach
+
+        self.handle = attach(model, [f"resid_post.{l}" for l in range(model.config.num_hidden_layers)],
+                             capacity=capacity, max_directions=1, dtype=model.dtype)
+        for j in range(capacity):
+            self.handle.set(j + 1, {s: params.spec(kind, j) for s in self.handle.sites})
+        self.handle.assign(None)
+
+    def on(self, ids: torch.Tensor):
+        self.handle.assign(ids)
+
+    def off(self):
+        self.handle.assign(None)
+
+
+class _HookVariant:
+    """The same intervention as a plain PyTorch forward hook on every decoder block."""
+
+    def __init__(self, model, kind: str, params: _Params):
+        self.kind, self.p, self.ids = kind, params, None
+        self.handles = [blk.register_forward_hook(self._hook) for blk in model.model.layers]
+
+    def on(self, ids: torch.Tensor):
+        self.ids = ids.long()
+
+    def off(self):
+        self.ids = None
+
+    def _hook(self, module, args, out):
+        if self.ids is None:
+            return None
+        h = out[0] if isinstance(out, tuple) else out
+        p, j = self.p, self.ids - 1  # configuration ids 1..n -> rows 0..n-1, one per sequence
+        v, c, u = p.vec[j].unsqueeze(1), p.scale[j].view(-1, 1, 1), p.dir[j].unsqueeze(1)
+        w, b = p.dyn_w[j].unsqueeze(1), p.dyn_b[j].view(-1, 1, 1)
+        hf = h.float()
+        if self.kind == "add":
+            y = hf + v
+        elif self.kind == "scale":
+            y = c * hf
+        elif self.kind == "ablate":
+            y = hf - (hf * u).sum(-1, keepdim=True) * u
+        elif self.kind == "dynamic":
+            y = ((hf * w).sum(-1, keepdim=True) + b) * hf
+        else:
+            y = c * ((hf * w).sum(-1, keepdim=True) + b) * hf
+            y = y - (y * u).sum(-1, keepdim=True) * u + v
+        y = y.to(h.dtype)
+        return (y,) + tuple(out[1:]) if isinstance(out, tuple) else y
+
+
+def _timer(device: str):
+    if device == "cuda":
+        def run(fn: Callable[[], None]) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return 1000.0 * start.elapsed_time(end)
+    else:
+        def run(fn: Callable[[], None]) -> float:
+            t0 = time.perf_counter()
+            fn()
+            return 1e6 * (time.perf_counter() - t0)
+    return run
+
+
+def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), modes: Sequence[str] = ("eager",),
+        phases: Sequence[str] = ("decode",), kinds: Sequence[str] = KINDS, hook_kinds: Sequence[str] = KINDS,
+        assigns: Sequence[str] = ("shared", "distinct"), prompt: int = 128, steps: int = 16, rounds: int = 3,
+        prefill_batch: int = 16, prefill_len: int = 2048, device: Optional[str] = None,
+        deadline_s: Optional[float] = None, log: Callable[[str], None] = print) -> List[dict]:
+    """Measure and return rows (one per shape, mode, phase, batch, variant, assignment)."""
+    from transformers import StaticCache
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t_start = time.time()
+    model = build_model(shape, device)
+    n_layers, d = model.config.num_hidden_layers, model.config.hidden_size
+    cap = max(list(batches) + ([prefill_batch] if "prefill" in phases else []))
+    params = _Params(cap, d, device)
+    variants: Dict[str, object] = {"none": None}
+    for k in kinds:
+        variants[f"steerkit-{k}"] = _SteerkitVariant(model, k, params, cap)
+    for k in hook_kinds:
+        variants[f"hook-{k}"] = _HookVariant(model, k, params)
+    log(f"# {shape}: {n_layers} layers, d={d}, {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params, "
+        f"device {device}, variants {list(variants)}")
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 128)
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
+    timer = _timer(device)
+    rows: List[dict] = []
+
+    def switch(name: str, assign: str, B: int):
+        for v in variants.values():
+            if v is not None:
+                v.off()
+        if variants[name] is not None:
+            ids = torch.ones(B, dtype=torch.int32) if assign == "shared" else torch.arange(1, B + 1, dtype=torch.int32)
+            variants[name].on(ids.to(device))
+
+    cases = [("none", "-")] + [(n, a) for n in variants if n != "none" for a in assigns]
+    for mode in modes:
+        compiled = torch.compile(model, fullgraph=True, mode="reduce-overhead") if mode == "compiled" else model
+        for phase in phases:
+            for B in (batches if phase == "decode" else [prefill_batch]):
+                if deadline_s is not None and time.time() - t_start > deadline_s:
+                    log(f"# deadline reached: skipping {mode} {phase} batch {B} and later")
+                    return rows
+                S = prompt if phase == "decode" else prefill_len
+                ids0 = torch.randint(0, model.config.vocab_size, (B, S), device=device)
+                cache = StaticCache(config=model.config, max_cache_len=S + steps + 2) if phase == "decode" else None
+
+                def measure() -> float:
+                    if phase == "prefill":
+                        with torch.no_grad():
+                            return timer(lambda: compiled(input_ids=ids0, logits_to_keep=1, use_cache=False))
+                    cache.reset()
+                    with torch.no_grad():
+                        out = model(input_ids=ids0, past_key_values=cache, cache_position=torch.arange(S, device=device),
+                                    logits_to_keep=1)
+                    tok = out.logits[:, -1:].argmax(-1)
+
+                    def decode():
+                        nonlocal tok
+                        with torch.no_grad():
+                            for s in range(steps):
+                                pos = torch.full((1,), S + s, device=device, dtype=torch.long)
+                                o = compiled(input_ids=tok, past_key_values=cache, cache_position=pos,
+                                             position_ids=pos.expand(B, 1))
+                                tok = o.logits[:, -1:].argmax(-1)
+                    return timer(decode) / steps
+
+                samples: Dict[tuple, List[float]] = {c: [] for c in cases}
+                t0 = time.time()
+                for name, assign in cases:  # warm up: compile and capture each variant
+                    switch(name, assign, B)
+                    measure()
+                    measure()
+                log(f"# {mode} {phase} B={B}: warm-up {time.time() - t0:.0f} s")
+                for _ in range(rounds):
+                    for name, assign in cases:
+                        switch(name, assign, B)
+                        samples[(name, assign)].append(measure())
+                switch("none", "-", B)
+                base = statistics.median(samples[("none", "-")])
+                for (name, assign), xs in samples.items():
+                    med = statistics.median(xs)
+                    row = dict(shape=shape, mode=mode, phase=phase, batch=B, seq=S, variant=name, assign=assign,
+                               us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=steps,
+                               overhead_pct=100.0 * (med / base - 1.0), layers_steered=0 if name == "none" else n_layers)
+                    if phase == "decode":
+                        row["tok_s"] = B * 1e6 / med
+                    rows.append(row)
+                    log(f"{shape:13} {mode:8} {phase:7} B={B:<4} {name:17} {assign:8} {med:10.1f} us "
+                        f"[{min(xs):.1f}-{max(xs):.1f}] {row['overhead_pct']:+6.2f}%")
+                del cache
+        if mode == "compiled":
+            torch._dynamo.reset()
+    for v in variants.values():
+        if isinstance(v, _SteerkitVariant):
+            v.handle.detach()
+        elif isinstance(v, _HookVariant):
+            for h in v.handles:
+                h.remove()
+    return rows
