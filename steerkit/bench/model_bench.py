@@ -19,6 +19,7 @@ dynamic, mix; each with one shared configuration (``shared``) or a distinct one 
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -125,20 +126,25 @@ class _HookVariant:
 
 
 def _timer(device: str):
-    if device == "cuda":
-        def run(fn: Callable[[], None]) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return 1000.0 * start.elapsed_time(end)
-    else:
-        def run(fn: Callable[[], None]) -> float:
+    """Wall time of fn in µs (CUDA events on a GPU); Python's garbage collector is held off
+    during the measurement so that its pauses do not land in one variant's sample."""
+    def run(fn: Callable[[], None]) -> float:
+        gc.collect()
+        gc.disable()
+        try:
+            if device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize()
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                return 1000.0 * start.elapsed_time(end)
             t0 = time.perf_counter()
             fn()
             return 1e6 * (time.perf_counter() - t0)
+        finally:
+            gc.enable()
     return run
 
 
