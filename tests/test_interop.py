@@ -233,7 +233,8 @@ def test_steering_vector_apply_and_steerkit_give_the_same_logits(family):
 
 OPERATORS = [None, "addition_operator", "ablation_operator", "ablation_then_addition_operator"]
 LAYER_CASES = [("llama", t, op) for t in ("decoder_block", "self_attn", "mlp") for op in OPERATORS]
-LAYER_CASES += [("gpt2", "self_attn", None), ("gpt2", "mlp", "ablation_then_addition_operator")]
+LAYER_CASES += [("gpt2", "self_attn", None), ("gpt2", "mlp", "ablation_then_addition_operator"),
+                ("gemma2", "self_attn", None)]  # Gemma: the attention module, before its post-norm
 
 
 @pytest.mark.parametrize("family, layer_type, operator", LAYER_CASES)
@@ -242,8 +243,15 @@ def test_steering_vector_layer_types_and_operators(family, layer_type, operator)
     model, ids = _tiny(family), _ids()
     vector = sv.SteeringVector({1: torch.randn(D) * 2}, layer_type)
     op = None if operator is None else getattr(sv, operator)()
+    config = from_steering_vectors(vector, model, 1.5, operator=op)
+    hooked = sv.guess_and_enhance_layer_config(model)[layer_type].format(num=1)  # the module it hooks
+    if layer_type == "decoder_block":
+        assert I.resolve_site(model, "resid_post.1")[0] is model.get_submodule(hooked)
+        assert list(config) == ["resid_post.1"]
+    else:
+        assert list(config) == [f"module:{hooked}"]
     want = _steering_vectors_logits(vector, model, ids, multiplier=1.5, operator=op)
-    got = _steerkit_logits(model, from_steering_vectors(vector, model, 1.5, operator=op), ids)
+    got = _steerkit_logits(model, config, ids)
     torch.testing.assert_close(got, want, **F32)
     assert not torch.allclose(want, _logits(model, ids), atol=1e-3)
 

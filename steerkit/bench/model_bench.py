@@ -152,8 +152,11 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
         phases: Sequence[str] = ("decode",), kinds: Sequence[str] = KINDS, hook_kinds: Sequence[str] = KINDS,
         assigns: Sequence[str] = ("shared", "distinct"), prompt: int = 128, steps: int = 16, rounds: int = 3,
         prefill_batch: int = 16, prefill_len: int = 2048, device: Optional[str] = None,
-        deadline_s: Optional[float] = None, log: Callable[[str], None] = print) -> List[dict]:
-    """Measure and return rows (one per shape, mode, phase, batch, variant, assignment)."""
+        deadline_s: Optional[float] = None, dynamic: Optional[bool] = None,
+        log: Callable[[str], None] = print) -> List[dict]:
+    """Measure and return rows (one per shape, mode, phase, batch, variant, assignment).
+    ``dynamic`` goes to torch.compile: None (transformers' default: static first, then a dynamic
+    batch dimension from the second batch size on) or True (one dynamic graph for every size)."""
     from transformers import StaticCache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -185,7 +188,8 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
 
     cases = [("none", "-")] + [(n, a) for n in variants if n != "none" for a in assigns]
     for mode in modes:
-        compiled = torch.compile(model, fullgraph=True, mode="reduce-overhead") if mode == "compiled" else model
+        compiled = (torch.compile(model, fullgraph=True, mode="reduce-overhead", dynamic=dynamic)
+                    if mode == "compiled" else model)
         for phase in phases:
             for B in (batches if phase == "decode" else [prefill_batch]):
                 if deadline_s is not None and time.time() - t_start > deadline_s:
@@ -232,7 +236,8 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     med = statistics.median(xs)
                     row = dict(shape=shape, mode=mode, phase=phase, batch=B, seq=S, variant=name, assign=assign,
                                us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=steps,
-                               overhead_pct=100.0 * (med / base - 1.0), layers_steered=0 if name == "none" else n_layers)
+                               overhead_pct=100.0 * (med / base - 1.0), layers_steered=0 if name == "none" else n_layers,
+                               dynamic=str(dynamic) if mode == "compiled" else "-")
                     if phase == "decode":
                         row["tok_s"] = B * 1e6 / med
                     rows.append(row)

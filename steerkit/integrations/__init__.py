@@ -1,6 +1,7 @@
 """Attaching steering to real model stacks (Hugging Face transformers first)."""
 from .hf import (FAMILIES, Steering, UnsupportedModelError, attach, capture, head_vector, resolve_site, site_width,
                  steer)
+from .interop import from_repeng, from_steering_vectors
 
 __all__ = ["FAMILIES", "Steering", "UnsupportedModelError", "attach", "capture", "resolve_site", "site_width", "steer",
-           "head_vector"]
+           "head_vector", "from_repeng", "from_steering_vectors"]

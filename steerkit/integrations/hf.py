@@ -182,6 +182,7 @@ class Steering:
         self._prompt_len: Optional[torch.Tensor] = None  # [batch] real prompt tokens
         self._pad: Optional[torch.Tensor] = None  # [batch, prompt length] True on padding
         self._pos: Optional[torch.Tensor] = None  # position_ids of the current forward
+        self._cached = (None, None, None)  # eager: (shape key, position_ids, per-token ids) of this forward
         self._used = set()
         try:
             mt = getattr(getattr(model, "config", None), "model_type", None)
@@ -247,6 +248,7 @@ class Steering:
         also keeps padding tokens untouched.
         """
         self._tokens = None
+        self._cached = (None, None, None)
         if ids is None:
             self._ids = None
             return
@@ -277,6 +279,7 @@ class Steering:
         if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.capacity):
             raise ValueError(f"assign_tokens: ids must be in 0..{self.capacity}")
         self._rule, self._pad, self._prompt_len = "all", None, None
+        self._cached = (None, None, None)
         self._tokens = t.to(self.device)
         self._ids = self._tokens  # steering on
 
@@ -297,6 +300,16 @@ class Steering:
         self._pos = kwargs.get("position_ids")
 
     def _config_for(self, h: torch.Tensor) -> torch.Tensor:
+        """Per-token configuration ids for h; in eager mode built once per forward (same shape,
+        same position_ids object) and reused by every site."""
+        if torch.compiler.is_compiling():
+            return self._build_config(h)
+        key = (tuple(h.shape[:-1]), h.device)
+        if self._cached[0] != key or self._cached[1] is not self._pos:
+            self._cached = (key, self._pos, self._build_config(h).contiguous())
+        return self._cached[2]
+
+    def _build_config(self, h: torch.Tensor) -> torch.Tensor:
         if self._tokens is not None:
             if tuple(self._tokens.shape) != tuple(h.shape[:-1]):
                 raise ValueError(f"steerkit: per-token ids of shape {tuple(self._tokens.shape)} assigned but the "
@@ -339,7 +352,9 @@ class Steering:
 
     def _apply(self, h: torch.Tensor, table: SteeringTable) -> Optional[torch.Tensor]:
         config = self._config_for(h)
-        if torch.is_grad_enabled() and h.requires_grad:
+        # out of place under torch.compile (a new output, as a plain hook returns, fuses best)
+        # and when gradients flow; in place otherwise
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and h.requires_grad):
             return ops.steer(h, config, table, backend=self.backend, validate=False)
         ops.steer_(h, config, table, backend=self.backend, validate=False)
         return None

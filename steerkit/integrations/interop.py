@@ -16,9 +16,11 @@ Layer mapping (``l`` = decoder block index, counting from 0, as in ``resid_post.
 
 Where the results can still differ:
 
-- Precision: repeng rounds ``coeff * direction`` to the model's dtype and adds in that dtype;
-  steerkit (like steering-vectors with a float32 vector) adds in float32 and rounds once. In
-  float32 the results are the same; in half precision they differ by about one rounding.
+- Precision: steerkit adds ``strength * vector`` in float32 and rounds the row once. repeng
+  rounds ``coeff * direction`` to the model's dtype and adds in that dtype; steering-vectors
+  forms ``multiplier * vector`` in the vector's dtype and adds in float32 when that is float32.
+  In float32 all agree; in half precision repeng (and steering-vectors with a half-precision
+  vector) differ from steerkit by about one rounding.
 - Padding: steerkit steers every position unless the prompt's ``attention_mask`` is given to
   ``steer``/``Steering.assign``, which leaves padding alone. steering-vectors steers every
   position, padding included. repeng skips, in each row, the positions before the last one whose
@@ -37,6 +39,8 @@ from .hf import _family, hidden_size, num_layers
 
 Config = Dict[str, Dict[str, object]]
 
+# the block children steering-vectors finds for its "self_attn" and "mlp" layer types
+_SV_CHILDREN = {"self_attn": ("self_attn", "attn", "attention"), "mlp": ("mlp",)}
 # steering-vectors' built-in operators, by the name of the function each factory returns
 _SV_OPERATORS = {
     "_addition_operator": "add",
@@ -128,6 +132,16 @@ def from_repeng(control_vector, model, coeff: float = 1.0, *, layer_ids: Optiona
             for layer in sorted(by_block)}
 
 
+def _sv_child(model, layers_path: str, layer_type: str) -> str:
+    """The name of the attention or MLP module inside a decoder block."""
+    block = model.get_submodule(f"{layers_path}.0")
+    for name in _SV_CHILDREN[layer_type]:
+        if isinstance(getattr(block, name, None), torch.nn.Module):
+            return name
+    raise ValueError(f"from_steering_vectors: no {layer_type} module found in the decoder blocks "
+                     f"(looked for {list(_SV_CHILDREN[layer_type])})")
+
+
 def _sv_operator(operator) -> str:
     if operator is None:
         return "add"
@@ -149,9 +163,10 @@ def from_steering_vectors(steering_vector, model, multiplier: float = 1.0, *,
     Layer mapping (l: key of ``layer_activations``; negative l counts from the last block):
       layer_type "decoder_block": output of decoder block l, site ``resid_post.{l}``;
       layer_type "self_attn" / "mlp": output of block l's attention / MLP module, site
-      ``module:<blocks>.{l}.<attention or mlp child>`` (e.g. ``module:model.layers.3.mlp``; the
-      module itself, so in Gemma before its post-attention / post-MLP norm, unlike steerkit's
-      ``attn_out``/``mlp_out``).
+      ``module:<blocks>.{l}.<child>``, the child being ``self_attn`` (``attn`` in GPT-2,
+      ``attention`` in GPT-NeoX) or ``mlp``, e.g. ``module:model.layers.3.mlp``. That is the
+      module's own output: in Gemma before its post-attention / post-MLP norm, unlike steerkit's
+      ``attn_out``/``mlp_out``.
     Other layer types (the layer norms) are refused.
 
     operator: None or ``addition_operator()``: ``vector=v, strength=multiplier``;
@@ -178,12 +193,11 @@ def from_steering_vectors(steering_vector, model, multiplier: float = 1.0, *,
     if not isinstance(activations, Mapping):
         raise TypeError(f"from_steering_vectors: expected a steering_vectors.SteeringVector, "
                         f"got {type(steering_vector).__name__}")
-    layers_path, attn_child = _family(model)[:2]
+    layers_path = _family(model)[0]
     if layer_type == "decoder_block":
         site_of = "resid_post.{}".format
-    elif layer_type in ("self_attn", "mlp"):
-        child = attn_child if layer_type == "self_attn" else "mlp"
-        site_of = f"module:{layers_path}.{{}}.{child}".format
+    elif layer_type in _SV_CHILDREN:
+        site_of = f"module:{layers_path}.{{}}.{_sv_child(model, layers_path, layer_type)}".format
     else:
         raise ValueError(f"from_steering_vectors: layer_type {layer_type!r} cannot be mapped; "
                          f"steerkit maps 'decoder_block', 'self_attn' and 'mlp'")
