@@ -6,6 +6,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# tests choose backends explicitly (a backend forced for the whole process would fail the CPU models)
+os.environ.pop("STEERKIT_BACKEND", None)
 
 import pytest  # noqa: E402
 

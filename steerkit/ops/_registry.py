@@ -15,7 +15,7 @@ inputs: exact, whatever backend ran the forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -148,13 +148,17 @@ def register(name: str, params_schema: str, reference: Callable, prepare: Callab
 
 
 def call(name: str, inplace: bool, h: torch.Tensor, params: Sequence, backend: Optional[str],
-         compiled_reference: Optional[Callable] = None) -> torch.Tensor:
+         compiled_reference: Optional[Tuple[Callable, dict]] = None) -> torch.Tensor:
     """Run op ``name`` on h (checked already) with the chosen backend; returns h or the new tensor.
-    Under torch.compile the op is its reference (or ``compiled_reference``, an equivalent
-    specialisation), plain PyTorch that Inductor fuses into the surrounding graph."""
+    Under torch.compile the op is its reference, or ``compiled_reference = (fn, kwargs)``, an
+    equivalent specialisation: plain PyTorch that Inductor fuses into the surrounding graph."""
     op = OPS[name]
     if torch.compiler.is_compiling():
-        y = (compiled_reference or op.reference)(h, *params)
+        if compiled_reference is None:
+            y = op.reference(h, *params)
+        else:
+            fn, kw = compiled_reference
+            y = fn(h, *params, **kw)
         if inplace:
             h.copy_(y)
             return h

@@ -8,7 +8,6 @@ anything with ``d``, ``device`` and ``tensors()`` in SteeringTable's order works
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
@@ -49,7 +48,7 @@ def _compiled_reference(table):
     held (``table.uses``), so graphs carry only what is used. A table that starts using a new
     kind makes compiled models recompile once; ``SteeringTable.expect`` avoids even that."""
     uses = getattr(table, "uses", None)
-    return None if uses is None else functools.partial(reference.steer_uses, uses=tuple(uses))
+    return None if uses is None else (reference.steer_uses, {"uses": tuple(uses)})
 
 
 def steer_(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[str] = None,
