@@ -243,7 +243,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     rows.append(row)
                     log(f"{shape:13} {mode:8} {phase:7} B={B:<4} {name:17} {assign:8} {med:10.1f} us "
                         f"[{min(xs):.1f}-{max(xs):.1f}] {row['overhead_pct']:+6.2f}%")
-                del cache
+                cache = None  # free the KV cache before the next size
         if mode == "compiled":
             torch._dynamo.reset()
     for v in variants.values():

@@ -1,0 +1,41 @@
+"""bench-model compares like with like: for every kind, the steerkit variant and the plain-hook
+variant compute the same intervention; and a tiny run produces well-formed rows."""
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from steerkit.bench import model_bench as M  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", M.KINDS)
+def test_steerkit_and_plain_hook_variants_agree(kind):
+    model = M.build_model("tiny", "cpu", torch.float32)
+    B = 3
+    params = M._Params(B, model.config.hidden_size, "cpu")
+    ids = torch.tensor([1, 3, 2], dtype=torch.int32)
+    tok = torch.randint(0, model.config.vocab_size, (B, 5))
+    with torch.no_grad():
+        plain = model(input_ids=tok).logits
+        sk = M._SteerkitVariant(model, kind, params, B)
+        sk.on(ids)
+        got = model(input_ids=tok).logits
+        sk.handle.detach()
+        hook = M._HookVariant(model, kind, params)
+        hook.on(ids.long())
+        want = model(input_ids=tok).logits
+        for h in hook.handles:
+            h.remove()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_tiny_run_rows():
+    rows = M.run(shape="tiny", batches=(2,), modes=("eager",), phases=("decode", "prefill"), kinds=("add",),
+                 hook_kinds=("mix",), steps=2, rounds=1, prompt=4, prefill_batch=2, prefill_len=8,
+                 device="cpu", log=lambda s: None)
+    # per phase: none + 2 variants x (shared, distinct)
+    assert len(rows) == 2 * 5
+    assert {r["variant"] for r in rows} == {"none", "steerkit-add", "hook-mix"}
+    assert all(r["us"] > 0 and r["us_min"] <= r["us"] <= r["us_max"] for r in rows)
+    assert all("tok_s" in r for r in rows if r["phase"] == "decode")
