@@ -193,8 +193,6 @@ class Steering:
                 module, kind = resolve_site(model, site)
                 table = SteeringTable(site_width(model, site), capacity, max_directions, device=self.device,
                                       dtype=dtype)
-                for t in table.tensors():  # updated in place: CUDA graphs (reduce-overhead) read them, no copies
-                    torch._dynamo.mark_static_address(t)
                 self.tables[site] = table
                 if kind == "pre":
                     h = module.register_forward_pre_hook(self._pre_hook(table), with_kwargs=True)

@@ -47,6 +47,8 @@ def _compiled_reference(table):
     """Under torch.compile: the reference restricted to the kinds of intervention the table has
     held (``table.uses``), so graphs carry only what is used. A table that starts using a new
     kind makes compiled models recompile once; ``SteeringTable.expect`` avoids even that."""
+    if not torch.compiler.is_compiling():  # eager: the kernels branch per row, nothing to build
+        return None
     uses = getattr(table, "uses", None)
     return None if uses is None else (reference.steer_uses, {"uses": tuple(uses)})
 

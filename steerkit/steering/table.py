@@ -52,6 +52,8 @@ class SteeringTable:
         self.n_dirs = torch.zeros(n, device=device, dtype=torch.int32)
         self.vec = torch.zeros(n, d, device=device, dtype=dtype)
         self.strength = torch.zeros(n, **f32)
+        for t in self.tensors():  # updated in place: compiled CUDA graphs read them where they are
+            torch._dynamo.mark_static_address(t)
         self._used = set()
         # kinds of intervention any configuration has held (never reset): compiled graphs
         # specialise on them; see ``uses``
