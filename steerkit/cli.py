@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     m.add_argument("--prefill-len", type=int, default=2048)
     m.add_argument("--deadline", type=float, default=None, help="stop starting new sizes after this many seconds")
     m.add_argument("--dynamic", action="store_true", help="compile with dynamic shapes (one graph for all sizes)")
+    m.add_argument("--backend", default=None, choices=("torch", "triton", "cuda"),
+                   help="steerkit's eager backend (default automatic; cuda builds the extension first)")
     m.add_argument("--out", default=None, help="folder for the JSONL rows")
     dm = sub.add_parser("demo", help="steer a small real model (Gemma 3 270M) and show the difference")
     dm.add_argument("--layer", type=int, default=None, help="block whose output is steered (default: a third deep)")
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
         kw = dict(shape=args.shape, batches=args.batches, modes=args.modes, phases=args.phases,
                   assigns=args.assigns, steps=args.steps, rounds=args.rounds, prompt=args.prompt,
                   prefill_batch=args.prefill_batch, prefill_len=args.prefill_len, deadline_s=args.deadline,
-                  dynamic=True if args.dynamic else None)
+                  dynamic=True if args.dynamic else None, backend=args.backend)
         if args.kinds:
             kw["kinds"] = [] if args.kinds == ["none"] else args.kinds
         if args.hook_kinds:

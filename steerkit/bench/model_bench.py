@@ -73,11 +73,11 @@ class _Params:
 class _SteerkitVariant:
     """steerkit at every resid_post, one table per site, one kind of intervention."""
 
-    def __init__(self, model, kind: str, params: _Params, capacity: int):
+    def __init__(self, model, kind: str, params: _Params, capacity: int, backend: Optional[str] = None):
         from steerkit.integrations import attach
 
         self.handle = attach(model, [f"resid_post.{l}" for l in range(model.config.num_hidden_layers)],
-                             capacity=capacity, max_directions=1, dtype=model.dtype)
+                             capacity=capacity, max_directions=1, dtype=model.dtype, backend=backend)
         for j in range(capacity):
             self.handle.set(j + 1, {s: params.spec(kind, j) for s in self.handle.sites})
         self.handle.assign(None)
@@ -152,22 +152,28 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
         phases: Sequence[str] = ("decode",), kinds: Sequence[str] = KINDS, hook_kinds: Sequence[str] = KINDS,
         assigns: Sequence[str] = ("shared", "distinct"), prompt: int = 128, steps: int = 16, rounds: int = 3,
         prefill_batch: int = 16, prefill_len: int = 2048, device: Optional[str] = None,
-        deadline_s: Optional[float] = None, dynamic: Optional[bool] = None,
+        deadline_s: Optional[float] = None, dynamic: Optional[bool] = None, backend: Optional[str] = None,
         log: Callable[[str], None] = print) -> List[dict]:
     """Measure and return rows (one per shape, mode, phase, batch, variant, assignment).
     ``dynamic`` goes to torch.compile: None (transformers' default: static first, then a dynamic
-    batch dimension from the second batch size on) or True (one dynamic graph for every size)."""
+    batch dimension from the second batch size on) or True (one dynamic graph for every size).
+    ``backend``: steerkit's eager backend (None: automatic; "cuda" builds or loads the CUDA
+    extension first, whose launches cost the host less than Triton's)."""
     from transformers import StaticCache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t_start = time.time()
+    if backend == "cuda":
+        from steerkit import _cuda_ext
+
+        _cuda_ext.load()
     model = build_model(shape, device)
     n_layers, d = model.config.num_hidden_layers, model.config.hidden_size
     cap = max(list(batches) + ([prefill_batch] if "prefill" in phases else []))
     params = _Params(cap, d, device)
     variants: Dict[str, object] = {"none": None}
     for k in kinds:
-        variants[f"steerkit-{k}"] = _SteerkitVariant(model, k, params, cap)
+        variants[f"steerkit-{k}"] = _SteerkitVariant(model, k, params, cap, backend)
     for k in hook_kinds:
         variants[f"hook-{k}"] = _HookVariant(model, k, params)
     log(f"# {shape}: {n_layers} layers, d={d}, {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params, "
@@ -237,7 +243,8 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     row = dict(shape=shape, mode=mode, phase=phase, batch=B, seq=S, variant=name, assign=assign,
                                us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=steps,
                                overhead_pct=100.0 * (med / base - 1.0), layers_steered=0 if name == "none" else n_layers,
-                               dynamic=str(dynamic) if mode == "compiled" else "-")
+                               dynamic=str(dynamic) if mode == "compiled" else "-",
+                               backend=(backend or "auto") if mode == "eager" else "-")
                     if phase == "decode":
                         row["tok_s"] = B * 1e6 / med
                     rows.append(row)
