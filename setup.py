@@ -11,7 +11,7 @@ import os
 
 from setuptools import setup
 
-packages = ["steerkit", "steerkit.kernels", "steerkit.ops", "steerkit.steering", "steerkit.integrations", "steerkit.methods",
+packages = ["steerkit", "steerkit.kernels", "steerkit.ops", "steerkit.steering", "steerkit.integrations", "steerkit.methods", "steerkit.sae",
             "steerkit.bench", "steerkit._csrc"]
 package_dir = {"steerkit": "steerkit", "steerkit.kernels": "kernels", "steerkit._csrc": "csrc"}
 # The CUDA sources ship with every install (as steerkit/_csrc) so that the JIT build finds them.

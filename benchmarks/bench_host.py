@@ -69,6 +69,16 @@ def main(argv=None):
         cases[f"ops.steer_ {b}"] = (lambda b=b: ops.steer_(h, config, table, backend=b, validate=False))
         cases[f"ops.add_ {b}"] = (lambda b=b: ops.add_(h, v, alpha=0.01, backend=b, validate=False))
 
+    if verdict["cuda"] == "ok":  # the split: the registered CUDA op alone, on prepared arguments
+        from steerkit.ops import _registry as R
+
+        x2 = h.view(-1, a.d)
+        args = R.OPS["steer"].prepare(x2, config, *table.tensors())
+        raw = torch.ops.steerkit_cuda.steer.default
+        cases["torch.ops.steerkit_cuda.steer (prepared)"] = lambda: raw(x2, x2, *args)
+        raw_add = torch.ops.steerkit_cuda.add.default
+        cases["torch.ops.steerkit_cuda.add (prepared)"] = lambda: raw_add(x2, x2, v, None, 0.01)
+
     # the hf integration's forward hook, as a decoder block's output passes through it
     from steerkit.integrations.hf import Steering
 

@@ -58,7 +58,32 @@ def main(argv=None) -> int:
                     help="steering strength in units of the typical residual norm (default 0.2)")
     dm.add_argument("--max-new-tokens", type=int, default=40)
     dm.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g = sub.add_parser("bench-generate", help="end-to-end steered generation: the engine against transformers' "
+                                              "compiled and eager generate and peers (tokens/s, latency)")
+    g.add_argument("--shapes", type=_names, default=None, help="llama-3.2-1b, llama-3.1-8b, tiny (default: the first two)")
+    g.add_argument("--batches", type=_ints, default=None, help="batch sizes (default 1,16,64,256)")
+    g.add_argument("--variants", type=_names, default=None,
+                   help="patterns of path:steer, e.g. 'engine:*,hf-compiled:unsteered' (default: all, headline first)")
+    g.add_argument("--prompt", type=int, default=128)
+    g.add_argument("--new-tokens", type=int, default=128)
+    g.add_argument("--rounds", type=int, default=2)
+    g.add_argument("--deadline", type=float, default=None, help="seconds; no new measurement starts after it")
+    g.add_argument("--out", default="benchmarks/results", help="folder for the jsonl rows ('' for none)")
+    g.add_argument("--plot", default=None, help="also plot tokens/s against batch size to this file (.png or .svg)")
+    g.add_argument("--plot-from", type=_names, default=None, help="only plot: these jsonl files (comma-separated)")
     sub.add_parser("info", help="versions, devices and each backend's verdict")
+    st = sub.add_parser("sae-train", help="train a TopK SAE on a model's activations (default: a tiny random Llama)")
+    st.add_argument("--model", default=None, help="local transformers model folder (default: tiny random Llama)")
+    st.add_argument("--texts", default=None, help="text file, one training text per line (needed with --model)")
+    st.add_argument("--site", default="resid_post.1", help="site to read, e.g. resid_post.6 (default resid_post.1)")
+    st.add_argument("--features", type=int, default=None, help="number of features (default 8 x width)")
+    st.add_argument("--k", type=int, default=16, help="active features per token (default 16)")
+    st.add_argument("--tokens", type=int, default=200_000, help="training tokens (default 200000)")
+    st.add_argument("--seq-len", type=int, default=128)
+    st.add_argument("--batch-size", type=int, default=8, help="sequences per captured batch")
+    st.add_argument("--device", default=None)
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--out", default="sae-out", help="folder for the SAE (SAELens layout; default sae-out)")
     args = p.parse_args(argv)
 
     import torch
@@ -73,6 +98,14 @@ def main(argv=None) -> int:
             print(f"  {op:<13}" + "  ".join(f"{k}: {v}" for k, v in ops.explain(op, h).items()))
         return 0
 
+    if args.cmd == "sae-train":
+        from steerkit.sae.train import run_cli
+
+        run_cli(model=args.model, site=args.site, out=args.out, texts=args.texts, n_features=args.features, k=args.k,
+                tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size, device=args.device,
+                seed=args.seed)
+        return 0
+
     if args.cmd == "demo":
         from steerkit.demo import main as demo_main
 
@@ -80,6 +113,22 @@ def main(argv=None) -> int:
                          device=args.device)
 
     from steerkit import bench
+
+    if args.cmd == "bench-generate":
+        from steerkit.bench import generate_bench as gb
+
+        if args.plot_from:
+            print(f"# plot: {gb.plot(gb.load_rows(args.plot_from), args.plot or 'generate.png')}")
+            return 0
+        kw = {k: v for k, v in dict(shapes=args.shapes, batches=args.batches, variants=args.variants).items() if v}
+        bad = [s for s in kw.get("shapes", []) if s not in gb.SHAPES]
+        if bad:
+            p.error(f"unknown shapes {bad}; choose from {sorted(gb.SHAPES)}")
+        rows = gb.run_and_write(out_dir=args.out or None, prompt=args.prompt, new_tokens=args.new_tokens,
+                                rounds=args.rounds, deadline_s=args.deadline, **kw)
+        if args.plot and rows:
+            print(f"# plot: {gb.plot(rows, args.plot)}")
+        return 0
 
     if args.cmd == "bench-model":
         from steerkit.bench import model_bench

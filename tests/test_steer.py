@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 
@@ -134,3 +136,31 @@ def test_no_grad_fast_path_matches_reference_and_bumps_the_version(backend):
         ops.steer_(h, config, table, backend=backend)
     torch.testing.assert_close(h, want, rtol=1e-5, atol=1e-5)
     assert h._version > v0
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_repeated_unvalidated_calls_reuse_the_launch_and_see_every_change(backend):
+    """Eager calls with validate=False reuse the prepared launch of the last call on the same
+    table and config tensor; table writes, in-place config writes, a new config tensor, another
+    row count and another dtype all take effect."""
+    table = make_table(64)
+    config = torch.tensor([[0, 1], [2, 5], [6, 1]], device=DEVICE, dtype=torch.int32)
+    with torch.no_grad():
+        def check(h, cfg):
+            want = reference.steer(h.float(), cfg, *table.tensors()).to(h.dtype)
+            ops.steer_(h, cfg, table, backend=backend, validate=False)
+            torch.testing.assert_close(h, want, rtol=1e-3, atol=1e-3)
+
+        for _ in range(2):  # the second call takes the cached launch
+            check(randn(3, 2, 64), config)
+        steer_module = importlib.import_module("steerkit.ops.steer")
+        assert steer_module._FAST[table][0] is config
+        table.set(1, scale=0.5, vector=randn(64), strength=2.0)  # written in place
+        check(randn(3, 2, 64), config)
+        config[0, 0] = 3  # config written in place
+        check(randn(3, 2, 64), config)
+        check(randn(3, 2, 64), config.clone())  # a new config tensor
+        check(randn(3, 2, 64).half(), config)  # another dtype
+        short = torch.tensor([[4, 0]], device=DEVICE, dtype=torch.int32)
+        check(randn(1, 2, 64), short)  # another row count
+        check(randn(3, 2, 64)[:, :, :].contiguous(), config)

@@ -175,6 +175,20 @@ def call(name: str, inplace: bool, h: torch.Tensor, params: Sequence, backend: O
     return op.outplace(h, *params, b)
 
 
+def inplace_launch(name: str, h: torch.Tensor, params: Sequence, backend: Optional[str]):
+    """For repeated eager in-place calls with the same parameters on same-shaped rows (a hook
+    applying one table at every layer of a decode step): ``(launch, args)`` such that
+    ``launch(x2, x2, *args)`` runs op ``name`` on a [T, d] row view x2, with the backend
+    resolved and the parameters prepared once; None where the fast path does not apply."""
+    if torch.compiler.is_compiling() or torch.is_grad_enabled() or type(h) is not torch.Tensor:
+        return None
+    b = resolve(name, h, backend)
+    x2 = _rows(h)
+    if b == "torch" or x2 is None:
+        return None
+    return _launcher(b, name), tuple(OPS[name].prepare(x2, *params))
+
+
 def vector_for_kernels(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Vectors go to the kernels contiguous, in float32 or in x's dtype."""
     if v.dtype not in (torch.float32, x.dtype):
