@@ -281,6 +281,15 @@ class Steering:
         self._tokens = t.to(self.device)
         self._ids = self._tokens  # steering on
 
+    def use_ids(self, ids: Optional[torch.Tensor]) -> None:
+        """Read the per-sequence configuration ids from ``ids``, an int32 [batch] tensor on the
+        model's device that the caller owns and updates in place between steps (a serving
+        engine's slot table: compiled and captured graphs keep reading it where it is). No value
+        check here: the caller keeps the ids in 0..capacity. None: steering off."""
+        self._tokens, self._rule, self._pad, self._prompt_len = None, "all", None, None
+        self._cached = (None, None, None)
+        self._ids = ids
+
     @staticmethod
     def packed(ids: Sequence[int], lengths: Sequence[int]) -> torch.Tensor:
         """Per-token ids [1, sum(lengths)] of a packed batch: sequence i's id over its tokens."""

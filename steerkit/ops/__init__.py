@@ -11,9 +11,15 @@ from .patch import patch, patch_
 from .project_out import project_out, project_out_
 from .scale import scale, scale_
 from .steer import steer, steer_
+from .sae_decode import sae_decode
+from .sae_encode_jumprelu import sae_encode_jumprelu
+from .sae_encode_selected import sae_encode_selected
+from .sae_encode_topk import sae_encode_topk
+from .sae_steer import sae_steer, sae_steer_
 
 __all__ = [
     "BACKENDS", "BackendError", "SteerkitInputError", "explain",
     "add", "add_", "add_gathered", "add_gathered_", "patch", "patch_",
     "project_out", "project_out_", "scale", "scale_", "steer", "steer_",
+    "sae_decode", "sae_encode_jumprelu", "sae_encode_selected", "sae_encode_topk", "sae_steer", "sae_steer_",
 ]

@@ -1,0 +1,57 @@
+"""Benchmark sae_encode_topk (and sae_encode_jumprelu) against the bare matrix product and the
+eager ``torch.topk(x @ W_enc + b_enc, k)``; bf16, k = 64. Floor: 2*T*d*F FLOPs at the measured
+bf16 matmul rate. Also reports peak memory beyond inputs and outputs, as % of the bf16 [T, F]
+matrix (target < 5% at T >= 4096), and the time relative to the bare product (target <= 1.15x).
+
+Usage: python benchmarks/bench_sae_encode_topk.py [--T 1,64,4096,16384] [--d 2304,4096] [--F ...]
+"""
+import sys
+
+import torch
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+from sae_common import DTYPES, Run, parser, peak_extra_bytes, times  # noqa: E402
+
+from steerkit import ops  # noqa: E402
+
+
+def main(argv=None):
+    a = parser(__doc__, "1,64,4096,16384").parse_args(argv)
+    run = Run("sae-encode-topk", a.deadline)
+    dt, k = DTYPES[a.dtype], a.k
+    for d in a.d:
+        for F in a.F:
+            W = (torch.randn(d, F, device="cuda") / d ** 0.5).to(dt)
+            b = (torch.randn(F, device="cuda") * 0.1).to(dt)
+            thr = torch.full((F,), 2.5, device="cuda", dtype=dt)  # ~1% active: capacity 2k fits most rows
+            for T in a.T:
+                if not run.time_left():
+                    break
+                x = torch.randn(T, d, device="cuda", dtype=dt)
+                calls = {
+                    "triton": lambda: ops.sae_encode_topk(x, W, b, k, backend="triton", validate=False),
+                    "matmul": lambda: x @ W,
+                    "matmul+topk": lambda: torch.topk(x @ W + b, k, dim=-1),
+                }
+                if T >= 64:
+                    calls["jumprelu"] = lambda: ops.sae_encode_jumprelu(x, W, b, thr, 2 * k, backend="triton",
+                                                                        validate=False)
+                t = times(calls)
+                mm = t["matmul"][0]
+                floor_us = 2 * T * d * F / 1e6 / run.mm_tflops
+                dense = 2 * T * F
+                for name, (us, _) in t.items():
+                    extra = peak_extra_bytes(calls[name])
+                    run.add(op="sae_encode_jumprelu" if name == "jumprelu" else "sae_encode_topk",
+                            variant=name, T=T, d=d, F=F, k=k, dtype=a.dtype,
+                            backend="triton" if name in ("triton", "jumprelu") else "eager",
+                            eager_us=round(us, 2), tflops=round(2 * T * d * F / 1e6 / us, 1),
+                            pct_floor=round(100 * floor_us / us, 1), vs_matmul=round(us / mm, 3),
+                            speedup=round(t["matmul+topk"][0] / us, 2), extra_mem_bytes=extra,
+                            extra_mem_pct=round(100 * extra / dense, 2))
+            torch.cuda.empty_cache()
+    run.write(a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""sae_encode_topk(x, W_enc, b_enc, k, b_dec=None) -> (values, indices): TopK SAE encode.
+
+``pre = (x - b_dec) @ W_enc + b_enc`` (no subtraction when ``b_dec`` is None); each row keeps its
+k largest pre-activations, largest first, equal values by lower feature index, then ReLU.
+values ``[..., k]`` in x's dtype, indices ``[..., k]`` int64. Shapes: W_enc [d, F], b_enc [F],
+b_dec [d]. The Triton kernel never writes the [T, F] matrix (kernels/sae_encode_topk.py); it
+multiplies in W_enc's dtype with fp32 accumulation (float32 inputs: exact fp32 products).
+Forward only (no autograd). Under torch.compile the op is its reference.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _sae
+from . import reference_sae as R
+
+OP = "sae_encode_topk"
+
+
+@torch.library.custom_op("steerkit::sae_encode_topk", mutates_args=())
+def _op(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: int, backend: str) -> Tuple[Tensor, Tensor]:
+    if backend == "torch":
+        v, i = R.sae_encode_topk(x, W_enc, b_enc, k, b_dec)
+        return v.contiguous(), i.contiguous()
+    import steerkit.kernels as K
+
+    x2 = x if x.stride(-1) == 1 else x.contiguous()
+    values = x.new_empty((x.shape[0], k))
+    indices = torch.empty((x.shape[0], k), device=x.device, dtype=torch.int64)
+    K.sae_encode_topk(x2, W_enc, b_enc.contiguous(), _sae.opt_contig(b_dec), k, values, indices)
+    return values, indices
+
+
+@_op.register_fake
+def _(x, W_enc, b_enc, b_dec, k, backend):
+    return x.new_empty((x.shape[0], k)), x.new_empty((x.shape[0], k), dtype=torch.int64)
+
+
+def sae_encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, b_dec: Optional[Tensor] = None, *,
+                    backend: Optional[str] = None, validate: bool = True) -> Tuple[Tensor, Tensor]:
+    """TopK encode of x ``[..., d]``: ``(values [..., k], indices [..., k] int64)`` (see module doc)."""
+    F = _sae.encoder(OP, x, W_enc, b_enc, b_dec, None, validate)
+    _sae.count(OP, "k", k, 1, F)
+    lead = x.shape[:-1]
+    x2 = _sae.rows2d(x)
+    if torch.compiler.is_compiling():
+        v, i = R.sae_encode_topk(x2, W_enc, b_enc, k, b_dec)
+    else:
+        from steerkit.kernels.sae_encode_topk import MAX_K
+
+        too_big = f"k={k} exceeds {MAX_K}, the longest running top-k the kernel keeps" if k > MAX_K else None
+        v, i = _op(x2, W_enc, b_enc, b_dec, k, _sae.backend_for(OP, x, backend, too_big))
+    return v.reshape(*lead, k), i.reshape(*lead, k)

@@ -1,0 +1,69 @@
+"""sae_steer_(h, config, table) / sae_steer: fused SAE feature steering per row.
+
+Row t applies configuration ``config[t]`` (int32, shape h.shape[:-1]) of a
+``steerkit.steering.sae_table.SaeSteeringTable``: for each of its feature slots, clamp the
+feature to a target (``h += (target - f_i(h)) * W_dec[i]``, error term kept; optionally only
+where the feature is active) or add its decoder row with a strength (``h += s * W_dec[i]``).
+All f_i are computed on the input row. For TopK SAEs f_i(h) = ReLU(pre_i): the activation the
+feature would have if it were among the top k. One launch for the batch, no host sync;
+configuration 0 leaves rows bit-identical. Out of place it is differentiable in h and in the
+table's float tensors (through the reference). Under torch.compile the op is its reference.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _checks as C
+from . import _sae
+from . import reference_sae as R
+from ._registry import call, register
+
+OP = "sae_steer"
+_TABLE = "Tensor n_feat, Tensor kind, Tensor value, Tensor enc, Tensor b_eff, Tensor thr, Tensor dec"
+
+
+def _prepare(x, config, n_feat, kind, value, enc, b_eff, thr, dec):
+    def rows(t):  # encoder / decoder rows in float32 or x's dtype, contiguous
+        return (t if t.dtype in (torch.float32, x.dtype) else t.float()).contiguous()
+
+    return (config.reshape(-1).contiguous(), n_feat, kind, value, rows(enc), b_eff, thr, rows(dec))
+
+
+register(OP, "Tensor config, " + _TABLE, R.sae_steer, _prepare)
+
+
+def _params(op, h, config, table, backend, validate):
+    C.activation(op, h)
+    if not (hasattr(table, "tensors") and hasattr(table, "kind")):
+        C.fail(op, "table", f"must be a steerkit SaeSteeringTable, got {type(table).__name__}")
+    if table.d != h.shape[-1]:
+        C.fail(op, "table", f"steers rows of width {table.d} but h has d = {h.shape[-1]}")
+    if table.device != h.device:
+        C.fail(op, "table", f"is on {table.device} but h is on {h.device}")
+    if isinstance(config, torch.Tensor) and config.dtype != torch.int32:
+        C.fail(op, "config", f"must be int32, got {config.dtype}")
+    tensors = table.tensors()
+    C.index(op, "config", config, h, tensors[0].shape[0], validate, allow_negative=False)
+    b = None
+    if not torch.compiler.is_compiling():
+        from steerkit.kernels._launch import MAX_D
+
+        wide = f"d={h.shape[-1]} exceeds {MAX_D}, the widest row the kernel keeps" if h.shape[-1] > MAX_D else None
+        b = _sae.backend_for(op, h, backend, wide)
+    return (config, *tensors), b
+
+
+def sae_steer_(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[str] = None,
+               validate: bool = True) -> torch.Tensor:
+    """In place: row t of h gets configuration config[t] of ``table``. Returns h."""
+    params, b = _params("sae_steer_", h, config, table, backend, validate)
+    return call(OP, True, h, params, b)
+
+
+def sae_steer(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[str] = None,
+              validate: bool = True) -> torch.Tensor:
+    """Out of place (see module doc)."""
+    params, b = _params("sae_steer", h, config, table, backend, validate)
+    return call(OP, False, h, params, b)

@@ -1,0 +1,127 @@
+"""sae_encode_topk: Triton kernel vs the float32 reference, exact tie order, slices, errors,
+opcheck and torch.compile."""
+import pytest
+import torch
+
+from helpers import DEVICE, GPU, gpu_only, randn
+from sae_helpers import SAE_BACKENDS, SAE_DTYPES, check_selection, close, integer_sae, make_sae
+from steerkit import ops
+from steerkit.ops import reference_sae as R
+
+SHAPES = [(1, 8, 300, 5), (7, 769, 1000, 64), (83, 8, 300, 16)]
+SHAPES += [(4096, 2304, 16384, 64), (64, 4096, 65536, 64), (5, 2304, 131072, 64)] if GPU else []
+
+
+@pytest.mark.parametrize("backend", SAE_BACKENDS)
+@pytest.mark.parametrize("dtype", SAE_DTYPES)
+@pytest.mark.parametrize("T,d,F,k", SHAPES)
+def test_matches_reference(backend, dtype, T, d, F, k):
+    x = randn(T, d, dtype=dtype)
+    W_enc, b_enc, _, b_dec, _ = make_sae(d, F, dtype)
+    for bd in (b_dec, None):
+        v, i = ops.sae_encode_topk(x, W_enc, b_enc, k, bd, backend=backend)
+        assert v.shape == (T, k) and v.dtype == dtype and i.dtype == torch.int64
+        check_selection(v, i, R.pre_activation(x, W_enc, b_enc, bd), k, dtype)
+
+
+@pytest.mark.parametrize("backend", SAE_BACKENDS)
+@pytest.mark.parametrize("T,F,k", [(7, 300, 16), (83, 257, 64), (1, 40, 40)])
+def test_ties_lower_index_first(backend, T, F, k):
+    """Integer inputs: exact pre-activations with many duplicates; the order must be exactly the
+    reference's (value descending, then index ascending), including k == F."""
+    W_enc, b_enc = integer_sae(12, F)
+    x = torch.randint(-2, 3, (T, 12), device=DEVICE).float()
+    v, i = ops.sae_encode_topk(x, W_enc, b_enc, k, backend=backend)
+    pre = x @ W_enc
+    assert (pre[:, :, None] == pre[:, None, :]).sum() > pre.numel()  # ties exist
+    rv, ri = R.sae_encode_topk(x, W_enc, b_enc, k)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+    # order by hand: the kept (value, index) pairs are sorted by value desc, then index asc
+    kept = pre.gather(1, i)
+    assert bool(((kept[:, 1:] < kept[:, :-1]) | ((kept[:, 1:] == kept[:, :-1]) & (i[:, 1:] > i[:, :-1]))).all())
+
+
+@pytest.mark.parametrize("slices", [1, 2, 5])
+def test_slices_agree(slices):
+    """The kernel's result does not depend on how F is split across programs."""
+    import steerkit.kernels as K
+
+    W_enc, b_enc = integer_sae(16, 700, dup_every=2)
+    x = torch.randint(-2, 3, (19, 16), device=DEVICE).float()
+    v = torch.empty(19, 33, device=DEVICE)
+    i = torch.empty(19, 33, device=DEVICE, dtype=torch.int64)
+    K.sae_encode_topk(x, W_enc, b_enc, None, 33, v, i, slices=slices)
+    rv, ri = R.sae_encode_topk(x, W_enc, b_enc, 33)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+
+
+@pytest.mark.parametrize("backend", SAE_BACKENDS)
+def test_negative_preactivations_and_layouts(backend):
+    """All pre-activations negative: the top k are still chosen by value (ReLU after), so values
+    are 0 and indices are those of the largest negatives; 3-D and strided x."""
+    W_enc, b_enc, _, _, _ = make_sae(24, 300)
+    b_enc = b_enc - 100.0
+    x = randn(2, 5, 48)[..., ::2]
+    v, i = ops.sae_encode_topk(x, W_enc, b_enc, 7, backend=backend)
+    assert v.shape == (2, 5, 7) and bool((v == 0).all())
+    rv, ri = R.sae_encode_topk(x.reshape(10, 24), W_enc, b_enc, 7)
+    pre = R.pre_activation(x.reshape(10, 24), W_enc, b_enc)
+    close(pre.gather(1, i.reshape(10, 7)), pre.gather(1, ri), torch.float32)
+
+
+def test_bad_input():
+    W_enc, b_enc, _, b_dec, _ = make_sae(16, 50)
+    x = randn(3, 16)
+    E = ops.SteerkitInputError
+    with pytest.raises(E, match="'k' must be in"):
+        ops.sae_encode_topk(x, W_enc, b_enc, 51)
+    with pytest.raises(E, match="'k' must be in"):
+        ops.sae_encode_topk(x, W_enc, b_enc, 0)
+    with pytest.raises(E, match="'W_enc' must have shape"):
+        ops.sae_encode_topk(x, W_enc.T, b_enc, 4)
+    with pytest.raises(E, match="'b_enc' must have shape"):
+        ops.sae_encode_topk(x, W_enc, b_enc[:-1], 4)
+    with pytest.raises(E, match="'b_dec' must have shape"):
+        ops.sae_encode_topk(x, W_enc, b_enc, 4, b_dec[:-1])
+    with pytest.raises(E, match="'b_dec' contains NaN"):
+        ops.sae_encode_topk(x, W_enc, b_enc, 4, b_dec * float("nan"))
+    with pytest.raises(E, match="'h' must be float32"):
+        ops.sae_encode_topk(x.long(), W_enc, b_enc, 4)
+    with pytest.raises(ops.BackendError, match="no CUDA C"):
+        ops.sae_encode_topk(x, W_enc, b_enc, 4, backend="cuda")
+    with pytest.raises(ops.BackendError, match="k=300 exceeds"):
+        W2, b2, *_ = make_sae(16, 400)
+        ops.sae_encode_topk(x, W2, b2, 300, backend="triton")
+
+
+@pytest.mark.parametrize("backend", SAE_BACKENDS)
+def test_opcheck(backend):
+    W_enc, b_enc, _, b_dec, _ = make_sae(8, 64)
+    x = randn(5, 8)
+    torch.library.opcheck(torch.ops.steerkit.sae_encode_topk.default, (x, W_enc, b_enc, b_dec, 6, backend))
+
+
+def test_compile_fullgraph():
+    W_enc, b_enc, _, b_dec, _ = make_sae(8, 64)
+    x = randn(5, 8)
+    f = torch.compile(lambda x: ops.sae_encode_topk(x, W_enc, b_enc, 6, b_dec), fullgraph=True)
+    v, i = f(x)
+    rv, ri = R.sae_encode_topk(x, W_enc, b_enc, 6, b_dec)
+    close(v, rv, torch.float32)
+    assert torch.equal(i, ri)
+
+
+@gpu_only
+def test_no_large_intermediate():
+    """Peak memory beyond inputs and outputs stays under 5% of the bf16 [T, F] matrix."""
+    T, d, F = 4096, 2304, 16384
+    x = randn(T, d, dtype=torch.bfloat16)
+    W_enc, b_enc, *_ = make_sae(d, F, torch.bfloat16)
+    ops.sae_encode_topk(x, W_enc, b_enc, 64, backend="triton")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    v, i = ops.sae_encode_topk(x, W_enc, b_enc, 64, backend="triton")
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base - v.nbytes - i.nbytes
+    assert extra < 0.05 * 2 * T * F, extra

@@ -1,0 +1,189 @@
+"""sae_steer_ / sae_steer with SaeSteeringTable: fused per-row clamp / add vs the reference and
+vs a dense SAE computed by hand, identity rows bit-identical, only-active, table updates in
+place, errors, opcheck, torch.compile and CUDA-graph replay."""
+import pytest
+import torch
+
+from helpers import DEVICE, GPU, assert_untouched, gpu_only, randn
+from sae_helpers import SAE_BACKENDS, SAE_DTYPES, close, make_sae
+from steerkit import ops
+from steerkit.ops import reference_sae as R
+from steerkit.steering.sae_table import SaeSteeringTable
+
+SHAPES = [(1, 8, 300), (7, 769, 1000), (83, 8, 300)]
+SHAPES += [(4096, 2304, 16384), (16, 4096, 1000)] if GPU else []
+
+
+def _table(d, F, dtype=torch.float32, activation="jumprelu"):
+    W_enc, b_enc, W_dec, b_dec, thr = make_sae(d, F, dtype, jump=True)
+    t = SaeSteeringTable(W_enc, b_enc, W_dec, b_dec, thr, activation=activation, capacity=5, max_features=8)
+    t.set(1, clamp={0: 2.0, F - 1: 0.0})
+    t.set(2, add={5 % F: 1.5, 7 % F: -0.5})
+    t.set(3, clamp={3: 1.0, 11 % F: -1.0}, add={2: 0.25}, only_active=True)
+    t.set(4, clamp={f: float(f % 3) for f in range(8)})  # all 8 slots
+    return t
+
+
+def _dense(h, table, config):
+    """What the table means, computed with the whole SAE (not the table's copies)."""
+    x = h.float()
+    pre = R.pre_activation(x.reshape(-1, table.d), table.W_enc, table.b_enc, table.b_dec)
+    thr = table.threshold.float() if table.threshold is not None else torch.zeros(pre.shape[1], device=h.device)
+    active = pre > thr
+    f = torch.where(active, pre, 0.0)
+    y = x.reshape(-1, table.d).clone()
+    for t, c in enumerate(config.reshape(-1).tolist()):
+        if not 1 <= c <= table.capacity:
+            continue
+        for s in range(int(table.n_feat[c])):
+            i, kind, v = int(table.features[c, s]), int(table.kind[c, s]), float(table.value[c, s])
+            if kind & R.KIND_CLAMP:
+                if kind & R.KIND_ONLY_ACTIVE and not bool(active[t, i]):
+                    continue
+                y[t] += (v - f[t, i]) * table.W_dec[i].float()
+            else:
+                y[t] += v * table.W_dec[i].float()
+    return y.reshape(h.shape)
+
+
+@pytest.mark.parametrize("backend", SAE_BACKENDS)
+@pytest.mark.parametrize("dtype", SAE_DTYPES)
+@pytest.mark.parametrize("T,d,F", SHAPES)
+def test_matches_reference(backend, dtype, T, d, F):
+    h = randn(T, d, dtype=dtype)
+    table = _table(d, F, dtype)
+    config = torch.randint(0, table.capacity + 1, (T,), device=DEVICE, dtype=torch.int32)
+    ref = R.sae_steer(h.float(), config, *table.tensors())
+    a = h.clone()
+    assert ops.sae_steer_(a, config, table, backend=backend) is a
+    b = ops.sae_steer(h, config, table, backend=backend)
+    for y in (a, b):
+        close(y, ref, dtype)
+        assert_untouched(y, h, config == 0)
+        assert_untouched(y, h, config == 5)  # an empty configuration
+    if dtype == torch.float32:  # the table's copies mean what the SAE says
+        close(b, _dense(h, table, config), dtype)
+
+
+@pytest.mark.parametrize("backend", SAE_BACKENDS)
+@pytest.mark.parametrize("activation", ["relu", "topk"])
+def test_clamp_sets_the_feature(backend, activation):
+    """After clamping an active feature, re-encoding the row gives the target (the decoder row
+    is scaled so that W_dec[i] . W_enc[:, i] = 1, and b_enc[i] makes the feature active)."""
+    d, F, i = 64, 100, 17
+    W_enc, b_enc, W_dec, b_dec, _ = make_sae(d, F)
+    b_enc[i] = 5.0
+    W_dec[i] = W_dec[i] / (W_dec[i] @ W_enc[:, i])
+    table = SaeSteeringTable(W_enc, b_enc, W_dec, b_dec, activation=activation, capacity=2)
+    table.set(1, clamp={i: 3.0})
+    h = randn(6, d)
+    y = ops.sae_steer(h, torch.ones(6, device=DEVICE, dtype=torch.int32), table, backend=backend)
+    got = ops.sae_encode_selected(y, W_enc, b_enc, torch.tensor([i], device=DEVICE), b_dec, activation)
+    close(got[:, 0], torch.full((6,), 3.0, device=DEVICE), torch.float32)
+
+
+@pytest.mark.parametrize("backend", SAE_BACKENDS)
+def test_only_active_and_out_of_range_configs(backend):
+    d, F = 32, 64
+    table = _table(d, F, activation="relu")
+    h = randn(10, d)
+    config = torch.tensor([0, 3, 3, 6, 1000, -1, 2 ** 31 - 1, 1, 4, 2], device=DEVICE, dtype=torch.int32)
+    y = ops.sae_steer(h, config, table, backend=backend, validate=False)
+    ok = (config >= 1) & (config <= 5)
+    assert_untouched(y, h, ~ok)
+    close(y, _dense(h, table, config), torch.float32)
+
+
+@pytest.mark.parametrize("backend", SAE_BACKENDS)
+def test_table_updates_in_place(backend):
+    d, F = 24, 50
+    table = _table(d, F)
+    ptrs = [t.data_ptr() for t in table.tensors()]
+    h = randn(5, d)
+    config = torch.tensor([1, 2, 3, 0, 2], device=DEVICE, dtype=torch.int32)
+    y1 = ops.sae_steer(h, config, table, backend=backend)
+    table.set_value(2, 5, -3.0)
+    table.clear(3)
+    table.W_dec.mul_(2.0)
+    table.refresh()
+    y2 = ops.sae_steer(h, config, table, backend=backend)
+    assert [t.data_ptr() for t in table.tensors()] == ptrs
+    close(y2, _dense(h, table, config), torch.float32)
+    assert_untouched(y2, h, config == 3)
+    assert not torch.equal(y1[1], y2[1])
+
+
+def test_table_and_op_errors():
+    W_enc, b_enc, W_dec, b_dec, thr = make_sae(16, 40, jump=True)
+    E = ops.SteerkitInputError
+    with pytest.raises(E, match="'threshold' must be given"):
+        SaeSteeringTable(W_enc, b_enc, W_dec, b_dec, activation="jumprelu")
+    with pytest.raises(E, match="'W_dec' must have shape"):
+        SaeSteeringTable(W_enc, b_enc, W_dec.T, b_dec)
+    t = SaeSteeringTable(W_enc, b_enc, W_dec, b_dec, capacity=2, max_features=2)
+    with pytest.raises(E, match="features must be ints in"):
+        t.set(1, clamp={40: 1.0})
+    with pytest.raises(E, match="non-finite"):
+        t.set(1, add={3: float("nan")})
+    with pytest.raises(E, match="at most 2"):
+        t.set(1, clamp={1: 1.0, 2: 1.0}, add={3: 1.0})
+    with pytest.raises(IndexError, match="reserved identity"):
+        t.set(0, clamp={1: 1.0})
+    h = randn(3, 16)
+    with pytest.raises(E, match="'config' must be int32"):
+        ops.sae_steer(h, torch.zeros(3, dtype=torch.int64, device=DEVICE), t)
+    with pytest.raises(E, match="'config' has value 3 but must be < 3"):
+        ops.sae_steer(h, torch.full((3,), 3, dtype=torch.int32, device=DEVICE), t)
+    with pytest.raises(E, match="steers rows of width 16"):
+        ops.sae_steer(randn(3, 8), torch.zeros(3, dtype=torch.int32, device=DEVICE), t)
+    with pytest.raises(ops.BackendError, match="no CUDA C"):
+        ops.sae_steer(h, torch.zeros(3, dtype=torch.int32, device=DEVICE), t, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", SAE_BACKENDS)
+def test_opcheck(backend):
+    table = _table(8, 30)
+    h = randn(5, 8)
+    config = torch.tensor([0, 1, 2, 3, 4], device=DEVICE, dtype=torch.int32)
+    params = (config, *table.tensors())
+    torch.library.opcheck(torch.ops.steerkit.sae_steer_.default, (h.clone(), *params, backend))
+    torch.library.opcheck(torch.ops.steerkit.sae_steer.default, (h, *params, backend))
+
+
+def test_compile_fullgraph_reads_table_updates():
+    table = _table(8, 30)
+    h = randn(2, 3, 8)
+    config = torch.tensor([[0, 1, 2], [3, 4, 1]], device=DEVICE, dtype=torch.int32)
+    fn = torch.compile(lambda h, c: ops.sae_steer(h, c, table), fullgraph=True)
+    close(fn(h, config), _dense(h, table, config), torch.float32)
+    table.set_value(1, 0, 7.0)
+    close(fn(h, config), _dense(h, table, config), torch.float32)
+
+
+def test_gradients_through_reference():
+    table = _table(8, 30)
+    table.value.requires_grad_(True)
+    h = randn(4, 8).requires_grad_()
+    config = torch.tensor([1, 2, 0, 4], device=DEVICE, dtype=torch.int32)
+    g = randn(4, 8)
+    want = torch.autograd.grad(R.sae_steer(h, config, *table.tensors()), [h, table.value], g)
+    got = torch.autograd.grad(ops.sae_steer(h, config, table, backend="triton"), [h, table.value], g)
+    for a, b in zip(got, want):
+        close(a, b, torch.float32)
+
+
+@gpu_only
+def test_cuda_graph_replay_reads_updates():
+    table = _table(256, 1000, torch.bfloat16)
+    h = randn(16, 256, dtype=torch.bfloat16)
+    config = torch.randint(0, 5, (16,), device=DEVICE, dtype=torch.int32)
+    buf = h.clone()
+    ops.sae_steer_(buf, config, table, backend="triton")  # warm up (compile the kernel)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        ops.sae_steer_(buf, config, table, backend="triton", validate=False)
+    table.set_value(1, 0, -4.0)
+    config.copy_(torch.randint(0, 5, (16,), device=DEVICE, dtype=torch.int32))
+    buf.copy_(h)
+    g.replay()
+    close(buf, R.sae_steer(h.float(), config, *table.tensors()), torch.bfloat16)
