@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One GPU call (about 9 minutes): the engine's CUDA test, then the end-to-end generation benchmark
-# (headline measurements first; rows written as they are measured), then the plot. Logs, JSONL
-# rows and the plot go to $OUT (default benchmarks/results).
-#   bash benchmarks/run_generate_gpu.sh                 # everything that fits in the deadline
-#   BENCH_ARGS="--shapes llama-3.2-1b --batches 1,64" bash benchmarks/run_generate_gpu.sh
-# repeng / steering-vectors are measured if importable: copy their packages (pure Python) into
-# .peers/ and carry that folder; it is put on PYTHONPATH here.
+# One GPU call (about 6 minutes): the generation benchmark's follow-up items (rows written as they
+# are measured), then the plot of every generate-*.jsonl row in benchmarks/results and $OUT.
+# Logs, JSONL rows and the plot go to $OUT (default benchmarks/results).
+#   bash benchmarks/make_peers.sh            # (here, once) repeng / steering-vectors into .peers/
+#   bash benchmarks/run_generate_gpu.sh
+#   RUN_TESTS=1 bash benchmarks/run_generate_gpu.sh        # also the engine's CUDA test first
+#   ITEMS='llama-3.2-1b/engine:*@1' bash benchmarks/run_generate_gpu.sh   # other items
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
@@ -18,16 +18,25 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log
 rm -f "$OUT/install.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
-timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -p no:cacheprovider -p no:logging -q -s -rs tests/test_engine.py \
-  -k gpu 2>&1 | tee "$OUT/tests-generate-$tag.txt" | tail -15
-echo "after tests: $(( $(date +%s) - start )) s"
+if [ "${RUN_TESTS:-0}" = 1 ]; then
+  timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -p no:cacheprovider -p no:logging -q -s -rs tests/test_engine.py \
+    -k gpu 2>&1 | tee "$OUT/tests-generate-$tag.txt" | tail -15
+  echo "after tests: $(( $(date +%s) - start )) s"
+fi
 
-left=$(( ${TOTAL_S:-530} - ($(date +%s) - start) ))
-deadline=$(( left - 110 ))  # the last measurement started (an 8B one with its compile) must still end
+# engine items first (engines are closed before the other paths), then transformers' paths on the
+# untouched model, the peers, and the 8B shape last (cut by the deadline if time is short)
+ONE=llama-3.2-1b EIGHT=llama-3.1-8b
+ITEMS=${ITEMS:-"$ONE/engine:unsteered@1,$ONE/engine-plain:unsteered@1,$ONE/engine:distinct-mix@64,\
+$ONE/hf-compiled:unsteered@1,$ONE/hf-compiled:unsteered@64,$ONE/hf-eager:unsteered@64,$ONE/hf-eager:hook-add@64,\
+$ONE/repeng:shared@64,$ONE/steering-vectors:shared@64,$EIGHT/engine:unsteered@64,$EIGHT/engine:distinct-mix@64"}
+left=$(( ${TOTAL_S:-350} - ($(date +%s) - start) ))
+deadline=$(( left - 90 ))  # the last item started (an 8B one with its compile) must still end
 [ "$deadline" -lt 60 ] && deadline=60
-timeout "$(( left - 10 ))" python3 benchmarks/bench_generate.py --deadline "$deadline" --out "$OUT" ${BENCH_ARGS:-} \
+timeout "$(( left - 10 ))" python3 benchmarks/bench_generate.py --deadline "$deadline" --out "$OUT" \
+  --shapes "$ONE,$EIGHT" --batches 1,64 --variants "$ITEMS" ${BENCH_ARGS:-} \
   2>&1 | grep -v -i "warn" | tee "$OUT/generate-$tag.txt"
 echo "after benchmark: $(( $(date +%s) - start )) s"
 
-files=$(ls "$OUT"/generate-*.jsonl 2>/dev/null | paste -sd, -)
+files=$( (ls benchmarks/results/generate-*.jsonl; ls "$OUT"/generate-*.jsonl) 2>/dev/null | sort -u | paste -sd, -)
 [ -n "$files" ] && python3 benchmarks/bench_generate.py --plot-from "$files" --plot "$OUT/generate-$tag.png"

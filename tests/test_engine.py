@@ -232,6 +232,44 @@ def test_compiled_step_fullgraph_no_recompile_when_steering_changes():
     ref.close()
 
 
+def _model_state(model):
+    """What an engine could leave behind on a model: hooks, attention implementation, config."""
+    hooks = {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()
+             if m._forward_hooks or m._forward_pre_hooks}
+    extra = {k for k in model.__dict__ if k.startswith("_compiled") or k.startswith("_previous")}
+    return hooks, model.config._attn_implementation, model.config.to_json_string(), extra
+
+
+def test_engine_then_transformers_generate_on_the_same_model_and_close_restores_it():
+    """Engines (steered and not, compiled through Dynamo) leave the model as it was: after close,
+    no hook, the same attention implementation and config, and transformers' generate gives the
+    tokens it gave before. A steered engine built after an unsteered one on the same model
+    steers (Dynamo guards on the hooks; each engine compiles its own code)."""
+    model = _tiny("llama")
+    site = "resid_post.1"
+    prompts = _prompts([5, 3])
+    spec = {site: dict(vector=torch.randn(D) * 30)}
+    before = _model_state(model)
+    want = [_hf_generate(model, p, 6, None) for p in prompts]
+    ref = Engine(model, [site], max_batch=2, max_len=32, buckets=(2,), compile=False)
+    steered = ref.generate(prompts, steering=[spec, spec], max_new_tokens=6, stop=())
+    ref.close()
+    plain = Engine(model, None, max_batch=2, max_len=32, buckets=(2,), compile="eager", overlap=False)
+    assert plain.generate(prompts, max_new_tokens=6, stop=()) == want
+    eng = Engine(model, [site], max_batch=2, max_len=32, buckets=(2,), compile="eager", overlap=False)
+    assert eng.generate(prompts, steering=[spec, spec], max_new_tokens=6, stop=()) == steered != want
+    assert [_hf_generate(model, p, 6, None) for p in prompts] == want  # engine hooks are off between steps
+    eng.close()
+    plain.close()
+    assert _model_state(model) == before
+    assert [_hf_generate(model, p, 6, None) for p in prompts] == want
+    # the unsteered engine's compiled step still runs unsteered once the steering hooks are gone
+    plain = Engine(model, None, max_batch=2, max_len=32, buckets=(2,), compile="eager", overlap=False)
+    assert plain.generate(prompts, max_new_tokens=6, stop=()) == want
+    plain.close()
+    assert _model_state(model) == before
+
+
 def test_bad_input_is_refused_with_the_argument_named():
     model = _tiny("llama")
     eng = Engine(model, ["resid_post.0"], max_batch=2, max_len=16, compile=False)

@@ -30,13 +30,17 @@ import json
 import os
 import statistics
 import time
+import types
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .model_bench import SHAPES, _HookVariant, _Params, _SteerkitVariant, build_model  # noqa: F401 (SHAPES: for the CLI)
 
-PATHS = ("engine", "hf-compiled", "hf-eager", "repeng", "steering-vectors")
+PATHS = ("engine", "engine-plain", "engine-autotune", "hf-compiled", "hf-eager", "repeng", "steering-vectors")
+# the engine's Inductor options per engine path: FAST_INDUCTOR (the default), Inductor's own
+# defaults, and FAST_INDUCTOR with the matmuls autotuned (minutes of compilation)
+ENGINE_PATHS = {"engine": None, "engine-plain": {}, "engine-autotune": "autotune"}
 STEERS = ("unsteered", "shared", "distinct-add", "distinct-scale", "distinct-ablate", "distinct-mix", "hook-add")
 HEADLINE_1B, HEADLINE_8B = "llama-3.2-1b", "llama-3.1-8b"
 EXPECT = {"add": dict(vector=True), "scale": dict(scale=True), "ablate": dict(directions=1),
@@ -46,6 +50,8 @@ EXPECT = {"add": dict(vector=True), "scale": dict(scale=True), "ablate": dict(di
 def supported(path: str, steer: str) -> bool:
     if path in ("repeng", "steering-vectors"):
         return steer == "shared"
+    if path in ENGINE_PATHS:
+        return steer != "hook-add"
     if steer == "hook-add":
         return path == "hf-eager"
     return True
@@ -53,8 +59,22 @@ def supported(path: str, steer: str) -> bool:
 
 def plan(shapes: Sequence[str], batches: Sequence[int], variants: Sequence[str] = ("*",)) -> List[Tuple]:
     """(shape, path, steer, batch) work items, headline first, filtered by ``variants`` (patterns
-    of 'path:steer', e.g. 'engine:*' or '*:distinct-mix')."""
+    of 'path:steer', e.g. 'engine:*' or '*:distinct-mix'). When every pattern names its batch
+    and optionally its shape ('llama-3.2-1b/engine:unsteered@1'), the items are exactly those, in
+    the patterns' order."""
     items: List[Tuple] = []
+    if variants and all("@" in v for v in variants):
+        for v in variants:
+            where, _, b = v.rpartition("@")
+            shape_pat, _, ps = where.rpartition("/")
+            for shape in shapes:
+                for path in PATHS:
+                    for steer in STEERS:
+                        item = (shape, path, steer, int(b))
+                        if (fnmatch.fnmatch(shape, shape_pat or "*") and fnmatch.fnmatch(f"{path}:{steer}", ps)
+                                and supported(path, steer) and item not in items):
+                            items.append(item)
+        return items
 
     def add(shape, path, steer, B):
         item = (shape, path, steer, B)
@@ -100,6 +120,43 @@ class _Timer:
             gc.enable()
 
 
+def _peer_import(name: str):
+    """Import a peer (repeng, steering_vectors). Both import scikit-learn at module import time,
+    for training vectors only (PCA, regressions); the benchmark only applies a given vector. Where
+    scikit-learn is not installed (a compiled package that cannot be carried), stand-ins that
+    refuse to be used are registered under its module names, so the import works. Pure-Python
+    dependencies missing here (tqdm, yaml) are looked up in .peers/fallback last."""
+    import importlib
+    import importlib.machinery
+    import sys
+
+    stubs = []
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        class _NeedsSklearn:
+            def __init__(self, *a, **k):
+                raise ImportError("scikit-learn is not installed: training vectors with repeng / "
+                                  "steering-vectors needs it (applying a vector does not)")
+
+        for mod, names in (("sklearn", ()), ("sklearn.decomposition", ("PCA",)),
+                           ("sklearn.linear_model", ("LinearRegression", "LogisticRegression"))):
+            m = types.ModuleType(mod)
+            m.__path__, m.__spec__ = [], importlib.machinery.ModuleSpec(mod, None, is_package=True)
+            for n in names:
+                setattr(m, n, type(n, (_NeedsSklearn,), {}))
+            sys.modules[mod] = m
+            stubs.append(mod)
+    fallback = os.path.join(os.getcwd(), ".peers", "fallback")
+    if os.path.isdir(fallback) and fallback not in sys.path:
+        sys.path.append(fallback)
+    try:
+        return importlib.import_module(name)
+    finally:  # the stand-ins live only during the peer's import (its modules keep their names)
+        for mod in stubs:
+            del sys.modules[mod]
+
+
 def _repeng_module():
     import numpy as np
 
@@ -107,7 +164,7 @@ def _repeng_module():
     if added:  # repeng 0.4.0 names np.float_ (removed in NumPy 2) at import time
         np.float_ = np.float64
     try:
-        import repeng
+        repeng = _peer_import("repeng")
     finally:
         if added:
             del np.float_
@@ -130,17 +187,20 @@ class _Shape:
         g = torch.Generator(device="cpu").manual_seed(2)
         self.ids = torch.randint(3, self.model.config.vocab_size, (max_batch, prompt), generator=g)
 
-    def engine(self, kind: Optional[str]):
-        """The engine without steering (kind None) or with tables holding ``kind`` configurations
-        1..max_batch at every site."""
+    def engine(self, kind: Optional[str], path: str = "engine"):
+        """The engine of ``path`` (its Inductor options) without steering (kind None) or with
+        tables holding ``kind`` configurations 1..max_batch at every site."""
         from steerkit.integrations import attach
-        from steerkit.integrations.engine import Engine
+        from steerkit.integrations.engine import FAST_INDUCTOR, Engine
 
-        key = kind or "none"
+        key = f"{path}/{kind or 'none'}"
         if key not in self.engines:
             t0 = time.time()
             buckets = tuple(b for b in (1, 16, 64, 256) if b <= self.max_batch)
-            kw = dict(max_batch=self.max_batch, max_len=self.prompt + self.new_tokens, buckets=buckets)
+            opts = ENGINE_PATHS[path]
+            opts = dict(FAST_INDUCTOR, max_autotune=True) if opts == "autotune" else opts
+            kw = dict(max_batch=self.max_batch, max_len=self.prompt + self.new_tokens, buckets=buckets,
+                      inductor=opts)
             if kind is None:
                 self.engines[key] = Engine(self.model, None, **kw)
             else:
@@ -152,11 +212,30 @@ class _Shape:
         return self.engines[key]
 
     def close(self):
+        """Close every engine: hooks detached, graphs and caches freed."""
         for e in self.engines.values():
             e.close()
             if e.steering is not None:
                 e.steering.detach()
         self.engines.clear()
+
+    def untouched(self):
+        """The model as built, for a path other than the engine: engines closed (their hooks off
+        the model), Dynamo's compilations and CUDA graph trees dropped, transformers' compiled
+        forward and static-cache length forgotten. Checked: no hook left, 'sdpa' attention."""
+        self.close()
+        for name in ("_compiled_call", "_last_compile_config", "_previous_max_cache_length"):
+            if name in self.model.__dict__:
+                delattr(self.model, name)
+        torch._dynamo.reset()
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        hooked = [n for n, m in self.model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+        attn = self.model.config._attn_implementation
+        if hooked or attn != "sdpa":
+            raise RuntimeError(f"model not restored: hooks on {hooked[:3]}, attention {attn!r}")
 
 
 def _measure(sh: _Shape, path: str, steer: str, B: int, rounds: int, timer: _Timer) -> dict:
@@ -167,18 +246,21 @@ def _measure(sh: _Shape, path: str, steer: str, B: int, rounds: int, timer: _Tim
     cleanup: List[Callable[[], None]] = []
     kind = steer.split("-", 1)[1] if steer.startswith("distinct-") else ("mix" if steer == "shared" else None)
     config_ids = (list(range(1, B + 1)) if steer.startswith("distinct-") else [1] * B) if kind else [None] * B
-    if path == "engine":
-        eng = sh.engine(kind)
+    if path in ENGINE_PATHS:
+        eng = sh.engine(kind, path)
         prompts = [row.tolist() for row in ids]
 
         def gen(n):
             eng.generate(prompts, steering=config_ids, max_new_tokens=n, stop=())
     else:
+        sh.untouched()
         dev_ids = ids.to(sh.device)
         mask = torch.ones_like(dev_ids)
         kw = dict(attention_mask=mask, do_sample=False, pad_token_id=0)
         if path == "hf-compiled":
-            kw["cache_implementation"] = "static"
+            # one cache length for the warm-up and the timed calls: else the first long call
+            # recompiles (with a dynamic cache length) inside the timing
+            kw.update(cache_implementation="static", max_cache_len=sh.prompt + N)
         target = model
         if path in ("hf-compiled", "hf-eager") and kind:
             v = _SteerkitVariant(model, kind, sh.params, B)
@@ -197,7 +279,7 @@ def _measure(sh: _Shape, path: str, steer: str, B: int, rounds: int, timer: _Tim
             cleanup.append(lambda: (target.reset(), target.unwrap()))
             kw["position_ids"] = torch.arange(ids.shape[1], device=sh.device).expand(ids.shape)
         elif path == "steering-vectors":
-            from steering_vectors import SteeringVector
+            SteeringVector = _peer_import("steering_vectors").SteeringVector
 
             sv = SteeringVector(layer_activations={i: sh.params.vec[0].float() for i in range(sh.n_layers)},
                                 layer_type="decoder_block")
@@ -224,8 +306,10 @@ def _measure(sh: _Shape, path: str, steer: str, B: int, rounds: int, timer: _Tim
                warmup_s=warm, rounds=rounds, total_s_spread=[min(tn), max(tn)],
                layers_steered=0 if steer == "unsteered" else sh.n_layers,
                dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
-    if path == "engine":
-        row["captures"] = sh.engine(kind).captures
+    if path in ENGINE_PATHS:
+        row["captures"] = sh.engine(kind, path).captures
+        row["inductor"] = ENGINE_PATHS[path] if isinstance(ENGINE_PATHS[path], str) else (
+            "fast" if ENGINE_PATHS[path] is None else "default")
     return row
 
 

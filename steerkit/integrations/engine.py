@@ -36,6 +36,7 @@ import collections
 import contextlib
 import itertools
 import random
+import types
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -170,6 +171,35 @@ def choose(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
     return torch.where(temperature > 0, picked, greedy)
 
 
+# -- compilation ----------------------------------------------------------------------------------
+# Inductor options for the decode step (as gpt-fast sets them): Triton kernels' block sizes tuned
+# by coordinate descent, and compiled graphs cached on disk. Engine(inductor={}) for the defaults.
+FAST_INDUCTOR = {"coordinate_descent_tuning": True, "triton.unique_kernel_names": True, "fx_graph_cache": True}
+_ENGINE_IDS = itertools.count()
+
+
+def _own_code(method):
+    """``method`` bound to a copy of its function with a code object of its own: Dynamo keeps its
+    compiled code per code object, so no engine ever reuses (or is limited by) another engine's
+    compilations of the same model (another steering, other shapes, other options)."""
+    fn = method.__func__
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{next(_ENGINE_IDS)}")
+    own = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    return types.MethodType(own, method.__self__)
+
+
+def _compile_context():
+    """Dynamo settings for the engine's compilations only (not global): guard on module hooks, so
+    hooks attached or removed after a compilation recompile instead of being silently ignored
+    (Dynamo skips those guards by default), and room for one compilation per bucket."""
+    cfg = torch._dynamo.config
+    patch = {"skip_nnmodule_hook_guards": False}
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(cfg, name):
+            patch[name] = max(getattr(cfg, name), 64)
+    return cfg.patch(**patch)
+
+
 # -- requests -------------------------------------------------------------------------------------
 @dataclass
 class Request:
@@ -209,13 +239,18 @@ class Engine:
         expect: ``SteeringTable.expect`` keyword arguments for every table (default: every kind).
         prefill_tokens: padded tokens per prefill forward (requests joining together).
         tokenizer: to accept text prompts.
+        dynamic: torch.compile's ``dynamic`` (default False: a static graph per bucket).
+        inductor: Inductor options of the decode step's compilation (default ``FAST_INDUCTOR``;
+            {} for Inductor's defaults; e.g. add ``max_autotune=True`` to autotune the matmuls,
+            which costs minutes of compilation).
     """
 
     def __init__(self, model, steering: Union[None, Steering, Iterable[str]] = None, *, max_batch: int = 64,
                  max_len: int = 512, buckets: Sequence[int] = (1, 16, 64, 256), compile: Union[None, bool, str] = None,
                  cuda_graphs: Optional[bool] = None, overlap: Optional[bool] = None, capacity: Optional[int] = None,
                  max_directions: int = 1, dtype: torch.dtype = torch.float32, expect: Optional[dict] = None,
-                 prefill_tokens: int = 8192, tokenizer=None, dynamic: Optional[bool] = None):
+                 prefill_tokens: int = 8192, tokenizer=None, dynamic: Optional[bool] = False,
+                 inductor: Optional[Mapping[str, object]] = None):
         cfg = model.config
         if max_batch < 1 or max_len < 2:
             raise ValueError(f"Engine: max_batch must be >= 1 and max_len >= 2, got {max_batch}, {max_len}")
@@ -273,14 +308,16 @@ class Engine:
 
         if compile is None:
             compile = self.device.type == "cuda"
+        self.compiled = bool(compile)
         if compile:
             kw = dict(fullgraph=True, dynamic=dynamic)
             if compile is not True:  # a backend name or callable
                 kw["backend"] = compile
-            self._fn = torch.compile(self._decode_body, **kw)
-            for name, lim in (("cache_size_limit", 64), ("recompile_limit", 64)):
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), lim))
+            else:  # Inductor, with its options (FAST_INDUCTOR unless given; {} for Inductor's defaults)
+                opts = dict(FAST_INDUCTOR if inductor is None else inductor)
+                if opts:
+                    kw["options"] = opts
+            self._fn = torch.compile(_own_code(self._decode_body), **kw)
         else:
             self._fn = self._decode_body
         self._graphs: Dict[Tuple[int, bool], torch.cuda.CUDAGraph] = {}
@@ -534,12 +571,15 @@ class Engine:
         mask = self.cache.steps.view(1, 1, 1, -1) <= pos.view(B, 1, 1, 1)
         out = self.model(input_ids=tok, attention_mask=mask, position_ids=pos.view(B, 1),
                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        nxt = choose(out.logits[:, -1].float(), temp, top_p, seed, pos, sample)
+        logits = out.logits[:, -1]
+        # greedy: argmax of the model's own logits (casting first changes no argmax, costs a pass)
+        nxt = choose(logits.float(), temp, top_p, seed, pos, True) if sample else logits.argmax(-1)
         tok.copy_(nxt.view(B, 1))
         pos.copy_((pos + 1).clamp(max=self.cache.max_len - 1))  # a finished slot may run on: stay in bounds
 
     def _forward_decode(self, B: int, sample: bool) -> None:
-        with self._mode(self._cfg[:B], None, self._pos[:B]):
+        with self._mode(self._cfg[:B], None, self._pos[:B]), (_compile_context() if self.compiled
+                                                              else contextlib.nullcontext()):
             self._fn(self._tok[:B], self._temp[:B], self._top_p[:B], self._seed[:B], sample)
 
     def _uses(self):
