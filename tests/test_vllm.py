@@ -85,7 +85,7 @@ SETTINGS = {"sites": ["resid_post.1"], "max_configs": 2, "max_directions": 1,
 
 def test_settings_and_requests_are_checked_with_clear_errors():
     s = SV.parse_settings(json.dumps(SETTINGS))
-    assert s.capacity == 3 and s.layers == [1]
+    assert s.capacity == 5 and s.layers == [1]  # 1 named + 2 inline + 2 spare
     for bad, word in (({"sites": []}, "sites"), ({"sites": ["resid_pre.1"]}, "resid_post"),
                       ({"sites": ["resid_post.1"], "kinds": ["warp"]}, "kinds"),
                       ({"sites": ["resid_post.1"], "max_configs": 0}, "max_configs"),
@@ -151,10 +151,14 @@ def test_worker_rows_ids_and_reuse():
     reqs = {"a": _Req(None), "f": _Req(other)}  # b, c, e finished
     w.fill(["a", "f"], np.array([1, 1]), reqs)
     assert w.ids[:3].tolist() == [0, 3, 0]
-    reqs["g"] = _Req({"steerkit": {"resid_post.1": {"scale": 4.0}}})
-    w.fill(["g"], np.array([2]), reqs)  # the row of c/e is free again
+    for k, row in (("g", 4), ("h", 5)):  # the spare rows first
+        reqs[k] = _Req({"steerkit": {"resid_post.1": {"scale": float(row)}}})
+        w.fill([k], np.array([1]), reqs)
+        assert w.ids[:2].tolist() == [row, 0]
+    reqs["i"] = _Req({"steerkit": {"resid_post.1": {"scale": 4.5}}})
+    w.fill(["i"], np.array([2]), reqs)  # all rows taken: the row of c/e (finished) is reclaimed
     assert w.ids[:3].tolist() == [2, 2, 0]
-    assert float(w.tables["resid_post.1"].scale[2]) == 4.0
+    assert float(w.tables["resid_post.1"].scale[2]) == 4.5
     w.fill(["a"], np.array([4]), {"a": _Req(None)})
     assert w.ids.abs().sum() == 0
     # the hook steers layer 1's output sum with those rows
@@ -329,6 +333,53 @@ def test_vllm_prefix_cache_is_not_shared_across_steering(steered):
     assert steer2.num_cached_tokens >= 64  # equally steered prompts do share
     assert list(steer2.outputs[0].token_ids) == list(steer.outputs[0].token_ids)
     assert first.outputs[0].token_ids == again.outputs[0].token_ids
+
+
+@needs_vllm
+def test_vllm_tensor_parallel_two_ranks(ckpt, steered, monkeypatch):
+    """tensor_parallel_size=2 (vLLM's multiprocessing executor, gloo all-reduce between two CPU
+    workers): both ranks steer the replicated residual identically, and a new inline
+    configuration's table rows reach both workers (a rank with a stale or missing row would mix
+    into the all-reduce and change the tokens). Runs before the test that shuts ``steered`` down."""
+    from vllm import LLM
+
+    specs = _specs()
+    prompts = [PROMPT, PROMPT[:-1] + [9], PROMPT[:-1] + [10]]
+    first = [None, "up", specs["abl"]]  # unsteered, named, inline
+    g = torch.Generator().manual_seed(11)
+    # new inline configurations after the first batch finished: a free row, then the freed row of "abl"
+    second = [specs["dyn"], {"resid_post.1": {"scale": 0.8, "vector": torch.randn(D, generator=g).tolist(),
+                                              "strength": 3.0}}, None]
+    params = [[_params(None if r is None else SV.steering_args(r), logprobs=3) for r in b] for b in (first, second)]
+    single = steered.generate([{"prompt_token_ids": p} for p in prompts], params[0])
+    # one OpenMP thread per rank on its own CPU (vLLM's automatic binding wants a NUMA node per rank)
+    cpus = sorted(os.sched_getaffinity(0))
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", f"{cpus[0]}|{cpus[-1]}")
+    monkeypatch.setenv(SV.ENV, _settings_json())
+    llm = LLM(model=ckpt, tensor_parallel_size=2, distributed_executor_backend="mp",
+              enforce_eager=os.environ.get("STEERKIT_VLLM_EAGER") == "1", **LLM_KW)
+    monkeypatch.delenv(SV.ENV)
+    try:
+        outs = [llm.generate([{"prompt_token_ids": p} for p in prompts], ps) for ps in params]
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    unsteered, _ = _hf_greedy(ckpt, prompts, [None] * len(prompts), 8)
+    for batch, reqs, out in zip((1, 2), (first, second), outs):
+        got = [list(o.outputs[0].token_ids) for o in out]
+        hf_specs = [None if r is None else (specs[r] if isinstance(r, str) else r) for r in reqs]
+        want, gaps = _hf_greedy(ckpt, prompts, hf_specs, 8)
+        print(f"batch {batch}:", end=" ")
+        assert len(_compare(got, want, gaps)) <= 1
+        for row, r in enumerate(reqs):
+            if r is not None:  # the steering changed the tokens (the test can fail)
+                assert got[row] != unsteered[row]
+    # the unsteered row equals the single-rank engine's (tokens; log-probabilities up to the
+    # all-reduce's order of float32 sums)
+    a, b = outs[0][0].outputs[0], single[0].outputs[0]
+    assert a.token_ids == b.token_ids
+    for x, y in zip(a.logprobs, b.logprobs):
+        assert x.keys() == y.keys()
+        assert all(abs(x[k].logprob - y[k].logprob) < 1e-4 for k in x)
 
 
 @needs_vllm

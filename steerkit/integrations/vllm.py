@@ -86,7 +86,11 @@ class Settings:
 
     @property
     def capacity(self) -> int:
-        return len(self.configs) + self.max_configs
+        """Table rows in each worker: the named configurations, the ``max_configs`` inline ones
+        the frontend allows at once, and as many spare: the frontend releases a finished
+        request's configuration before the worker hears that the request is gone, so for a
+        moment a worker may hold up to ``max_configs`` finished ones beside the live ones."""
+        return len(self.configs) + 2 * self.max_configs
 
 
 def parse_settings(text: str, base_dir: str = ".") -> Settings:
