@@ -3,8 +3,12 @@ eager ``torch.topk(x @ W_enc + b_enc, k)``; bf16, k = 64. Floor: 2*T*d*F FLOPs a
 bf16 matmul rate. Also reports peak memory beyond inputs and outputs, as % of the bf16 [T, F]
 matrix (target < 5% at T >= 4096), and the time relative to the bare product (target <= 1.15x).
 
-Usage: python benchmarks/bench_sae_encode_topk.py [--T 1,64,4096,16384] [--d 2304,4096] [--F ...]
+With --sweep, the fused-matmul tiles in kernels/sae_encode_topk.py SWEEP are timed too at
+T = 4096 (variant "cfg=BT,BF,BK,GROUP,warps,stages"), to pick the default.
+
+Usage: python benchmarks/bench_sae_encode_topk.py [--T 1,64,4096,16384] [--d 2304,4096] [--F ...] [--sweep]
 """
+import importlib
 import sys
 
 import torch
@@ -16,8 +20,11 @@ from steerkit import ops  # noqa: E402
 
 
 def main(argv=None):
-    a = parser(__doc__, "1,64,4096,16384").parse_args(argv)
-    run = Run("sae-encode-topk", a.deadline)
+    p = parser(__doc__, "1,64,4096,16384")
+    p.add_argument("--no-jumprelu", action="store_true", help="skip sae_encode_jumprelu")
+    p.add_argument("--sweep", action="store_true", help="also time kernels/sae_encode_topk.py SWEEP at T = 4096")
+    a = p.parse_args(argv)
+    run = Run("sae-encode-topk", a.deadline, a.out)
     dt, k = DTYPES[a.dtype], a.k
     for d in a.d:
         for F in a.F:
@@ -33,21 +40,40 @@ def main(argv=None):
                     "matmul": lambda: x @ W,
                     "matmul+topk": lambda: torch.topk(x @ W + b, k, dim=-1),
                 }
-                if T >= 64:
+                if T >= 64 and not a.no_jumprelu:
                     calls["jumprelu"] = lambda: ops.sae_encode_jumprelu(x, W, b, thr, 2 * k, backend="triton",
                                                                         validate=False)
+                KM = importlib.import_module("steerkit.kernels.sae_encode_topk")
+                if a.sweep and T == 4096:
+                    vs = torch.empty(T, k, device="cuda", dtype=dt)
+                    ix = torch.empty(T, k, device="cuda", dtype=torch.int64)
+                    for c in KM.SWEEP:
+                        calls["cfg=" + ",".join(map(str, c))] = (
+                            lambda c=c: KM.sae_encode_topk(x, W, b, None, k, vs, ix, tiles=c) or (vs, ix))
+                fb0 = KM.STATS["fallback_rows"]
+                v, i = calls["triton"]()
+                fallback = KM.STATS["fallback_rows"] - fb0
+                rv = torch.topk((x @ W + b).float(), k, dim=-1).values.clamp_min(0)
+                err = float((v.float() - rv).abs().max() / rv.abs().max().clamp_min(1))
+                print(f"# T={T} d={d} F={F}: fallback rows {fallback}, max rel. value error {err:.2e}"
+                      f"{'  MISMATCH' if err > 3e-2 else ''}", flush=True)
                 t = times(calls)
                 mm = t["matmul"][0]
                 floor_us = 2 * T * d * F / 1e6 / run.mm_tflops
                 dense = 2 * T * F
                 for name, (us, _) in t.items():
                     extra = peak_extra_bytes(calls[name])
+                    if name.startswith("cfg="):  # same results as the default tiles
+                        sv = calls[name]()[0].float()
+                        if float((sv - v.float()).abs().max() / rv.abs().max().clamp_min(1)) > 3e-2:
+                            print(f"# MISMATCH {name}", flush=True)
                     run.add(op="sae_encode_jumprelu" if name == "jumprelu" else "sae_encode_topk",
                             variant=name, T=T, d=d, F=F, k=k, dtype=a.dtype,
-                            backend="triton" if name in ("triton", "jumprelu") else "eager",
+                            backend="eager" if name.startswith("matmul") else "triton",
                             eager_us=round(us, 2), tflops=round(2 * T * d * F / 1e6 / us, 1),
                             pct_floor=round(100 * floor_us / us, 1), vs_matmul=round(us / mm, 3),
                             speedup=round(t["matmul+topk"][0] / us, 2), extra_mem_bytes=extra,
+                            fallback_rows=fallback if name == "triton" else None, max_rel_err=err,
                             extra_mem_pct=round(100 * extra / dense, 2))
             torch.cuda.empty_cache()
     run.write(a.out)

@@ -6,7 +6,10 @@ Each of 4 configurations clamps 8 features of a JumpReLU-shaped SAE; rows draw c
 (2 * 4 * 8 * d elements), at the measured copy bandwidth (target >= 70%). Also reported: the
 no-reuse floor that reads the 16 selected rows per token (``pct_floor_noreuse``).
 
-Usage: python benchmarks/bench_sae_steer.py [--T 1,4,16,64,4096,16384] [--d 2304,4096]
+With --sweep, each launch configuration in kernels/sae_steer.py SWEEP (T >= 4096) or SWEEP_SMALL
+(smaller T) is timed too (variant "...:cfg=BT,MP,BD,warps,DOT"), to pick the defaults.
+
+Usage: python benchmarks/bench_sae_steer.py [--T 1,4,16,64,4096,16384] [--d 2304,4096] [--sweep]
 """
 import sys
 
@@ -22,8 +25,9 @@ from steerkit.steering.sae_table import SaeSteeringTable  # noqa: E402
 def main(argv=None):
     p = parser(__doc__, "1,4,16,64,4096,16384")
     p.set_defaults(F=[16384])
+    p.add_argument("--sweep", action="store_true", help="also time kernels/sae_steer.py SWEEP / SWEEP_SMALL")
     a = p.parse_args(argv)
-    run = Run("sae-steer", a.deadline)
+    run = Run("sae-steer", a.deadline, a.out)
     dt, M, n_cfg = DTYPES[a.dtype], 8, 4
     for d in a.d:
         for F in a.F:
@@ -43,14 +47,32 @@ def main(argv=None):
                 cfg = torch.randint(0, n_cfg + 1, (T,), device="cuda", dtype=torch.int32)
                 calls = {b: (lambda b=b: ops.sae_steer_(h, cfg, table, backend=b, validate=False))
                          for b in ("triton", "torch")}
+                want = ops.sae_steer(h, cfg, table, backend="torch").float()
+                import steerkit.kernels.sae_steer as KS
+
+                sweep = (KS.SWEEP if T >= 4096 else KS.SWEEP_SMALL) if a.sweep else []
+                for c in [None] + sweep:
+                    got = h.clone()
+                    KS.sae_steer(got, got, cfg, *[t_.contiguous() for t_ in table.tensors()], cfg=c)
+                    err = float((got.float() - want).abs().max() / want.abs().max())
+                    same = bool(torch.equal(got[cfg == 0], h[cfg == 0]))
+                    if err > 3e-2 or not same:
+                        print(f"# MISMATCH cfg={c} T={T} d={d}: max rel. error {err:.2e}, untouched rows "
+                              f"identical: {same}", flush=True)
+                if sweep:
+                    tens = [t_.contiguous() for t_ in table.tensors()]
+                    for c in sweep:
+                        calls["cfg=" + ",".join(map(str, c))] = (
+                            lambda c=c: KS.sae_steer(h, h, cfg, *tens, cfg=c))
                 t = times(calls, graph=True)
                 elt = h.element_size()
                 nbytes = 2 * T * d * elt + 2 * n_cfg * M * d * elt
                 noreuse = 2 * T * d * elt + T * 2 * M * d * elt
                 for name, (us, gus) in t.items():
                     best = min(us, gus) if gus else us
-                    run.add(op="sae_steer", variant=f"clamp{M}x{n_cfg}cfg", T=T, d=d, F=F, dtype=a.dtype,
-                            backend=name, eager_us=round(us, 2), graph_us=None if gus is None else round(gus, 2),
+                    run.add(op="sae_steer", variant=f"clamp{M}x{n_cfg}cfg" + (f":{name}" if "=" in name else ""),
+                            T=T, d=d, F=F, dtype=a.dtype, backend="triton" if "=" in name else name,
+                            eager_us=round(us, 2), graph_us=None if gus is None else round(gus, 2),
                             floor_bytes=nbytes, gbps=round(nbytes / 1e3 / best, 1),
                             pct_floor=round(100 * nbytes / 1e3 / run.copy_gbps / best, 1),
                             pct_floor_noreuse=round(100 * noreuse / 1e3 / run.copy_gbps / best, 1),

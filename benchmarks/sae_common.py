@@ -4,6 +4,7 @@ extra memory, the measured matrix rate, table printing and JSONL rows under benc
 from __future__ import annotations
 
 import argparse
+import atexit
 import time
 from typing import Callable, Dict, List
 
@@ -34,10 +35,13 @@ def parser(doc: str, T: str) -> argparse.ArgumentParser:
 class Run:
     """Collects rows; knows the device, environment, copy bandwidth and matrix rate."""
 
-    def __init__(self, name: str, deadline: float):
+    def __init__(self, name: str, deadline: float, out: str = ""):
         if not torch.cuda.is_available():
             raise SystemExit(f"{name}: needs a CUDA GPU")
         self.name, self.end = name, time.time() + deadline
+        self.written = False
+        if out:  # rows measured so far are kept when the run is interrupted (timeout -s INT)
+            atexit.register(lambda: self.written or self.write(out))
         self.env = _environment("cuda")
         self.copy_gbps = copy_bandwidth_gbps("cuda")
         self.mm_tflops = matmul_tflops()
@@ -60,6 +64,7 @@ class Run:
         print("  ".join(f"{k}={row[k]}" for k in keys), flush=True)
 
     def write(self, out: str) -> None:
+        self.written = True
         if out and self.rows:
             _write(self.rows, out, self.env, "cuda", prefix=self.name)
 

@@ -91,3 +91,17 @@ def test_compile_fullgraph():
     v, i = randn(5, 3), torch.randint(-1, 64, (5, 3), device=DEVICE)
     fn = torch.compile(lambda v, i: ops.sae_decode(v, i, W_dec, b_dec), fullgraph=True)
     close(fn(v, i), R.sae_decode(v, i, W_dec, b_dec), torch.float32)
+
+
+@pytest.mark.parametrize("cfg", [(3, 4, 32, 4), (2, 64, 16, 4), (1, 8, 64, 4)])
+def test_launch_configs(cfg):
+    """Every launch configuration (tokens per program, rows in flight, d slice) gives the same sums,
+    including a token count that is not a multiple of ROWS and k not a multiple of BJ."""
+    import steerkit.kernels as K
+
+    _, _, W_dec, b_dec, _ = make_sae(40, 90)
+    values = randn(7, 11)
+    indices = torch.randint(-1, 90, (7, 11), device=DEVICE)
+    out = torch.empty(7, 40, device=DEVICE)
+    K.sae_decode(values, indices, W_dec, b_dec, out, cfg=cfg)
+    close(out, R.sae_decode(values, indices, W_dec, b_dec), torch.float32)

@@ -90,3 +90,26 @@ def test_compile_fullgraph():
     assert got[0].shape == (2, 3, 6) and got[2].shape == (2, 3)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("buffer,chunk", [(None, 6), (16, None)])
+def test_candidate_buffer_overflow_fallback(buffer, chunk):
+    """Rows with more active features than the candidate buffer are recomputed exactly."""
+    import importlib
+
+    import steerkit.kernels as K
+
+    M = importlib.import_module("steerkit.kernels.sae_encode_topk")
+    F = 300
+    W_enc, b_enc = integer_sae(10, F)
+    thr = torch.full((F,), 0.5, device=DEVICE)
+    x = torch.randint(-2, 3, (17, 10), device=DEVICE).float()
+    out = [torch.empty(17, 12, device=DEVICE), torch.empty(17, 12, device=DEVICE, dtype=torch.int64),
+           torch.empty(17, device=DEVICE, dtype=torch.int32), torch.empty(17, device=DEVICE, dtype=torch.int32)]
+    before = M.STATS["fallback_rows"]
+    K.sae_encode_jumprelu(x, W_enc, b_enc, None, thr, 12, *out, buffer=buffer, chunk=chunk)
+    ref = R.sae_encode_jumprelu(x, W_enc, b_enc, thr, 12)
+    for a, b in zip(out, ref):
+        assert torch.equal(a, b)
+    if buffer == 16:
+        assert M.STATS["fallback_rows"] - before == int((((x @ W_enc) > thr).sum(1) > 16).sum()) > 0

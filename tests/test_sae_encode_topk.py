@@ -125,3 +125,47 @@ def test_no_large_intermediate():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base - v.nbytes - i.nbytes
     assert extra < 0.05 * 2 * T * F, extra
+
+
+def _kernel_module():
+    import importlib
+
+    return importlib.import_module("steerkit.kernels.sae_encode_topk")
+
+
+@pytest.mark.parametrize("capacity,chunk", [(None, 7), (32, None), (64, 10)])
+def test_candidates_chunks_and_overflow_fallback(capacity, chunk):
+    """Candidate path: rows split into chunks, and candidate buffers too small for the rows with
+    many ties at theta (those rows must be recomputed exactly and counted)."""
+    import steerkit.kernels as K
+
+    M = _kernel_module()
+    W_enc, b_enc = integer_sae(12, 600, dup_every=2)
+    x = torch.randint(-2, 3, (23, 12), device=DEVICE).float()
+    v = torch.empty(23, 20, device=DEVICE)
+    i = torch.empty(23, 20, device=DEVICE, dtype=torch.int64)
+    before = M.STATS["fallback_rows"]
+    K.sae_encode_topk(x, W_enc, b_enc, None, 20, v, i, capacity=capacity, chunk=chunk)
+    rv, ri = R.sae_encode_topk(x, W_enc, b_enc, 20)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+    if capacity == 32:  # 600 / 16 sampled features: many rows have > 32 candidates
+        assert M.STATS["fallback_rows"] > before
+
+
+def test_candidates_theta_too_high_fallback(monkeypatch):
+    """A theta above the true k-th value leaves fewer than k candidates: those rows fall back."""
+    import steerkit.kernels as K
+
+    M = _kernel_module()
+    theta = torch.linspace(0.0, 3.0, 9, device=DEVICE)  # low rows keep >= 40 candidates, high rows not
+    monkeypatch.setattr(M, "_theta", lambda x, *a: theta)
+    W_enc, b_enc, _, b_dec, _ = make_sae(16, 300)
+    x = randn(9, 16)
+    v = torch.empty(9, 40, device=DEVICE)
+    i = torch.empty(9, 40, device=DEVICE, dtype=torch.int64)
+    before = M.STATS["fallback_rows"]
+    K.sae_encode_topk(x, W_enc, b_enc, b_dec, 40, v, i)
+    pre = R.pre_activation(x, W_enc, b_enc, b_dec)
+    check_selection(v, i, pre, 40, torch.float32)
+    n_low = int(((pre >= theta[:, None]).sum(1) < 40).sum())
+    assert M.STATS["fallback_rows"] - before == n_low and 0 < n_low < 9

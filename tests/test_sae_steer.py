@@ -187,3 +187,22 @@ def test_cuda_graph_replay_reads_updates():
     buf.copy_(h)
     g.replay()
     close(buf, R.sae_steer(h.float(), config, *table.tensors()), torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", SAE_DTYPES)
+@pytest.mark.parametrize("cfg", [(1, 8, 32, 4, False), (2, 8, 64, 4, False), (16, 16, 16, 4, True)])
+@pytest.mark.parametrize("in_place", [True, False])
+def test_launch_configs(dtype, cfg, in_place):
+    """Both kernel shapes (per-row broadcast products, blocks of rows with tl.dot) with d split in
+    several chunks and blocks holding several configurations, in place and out of place."""
+    import steerkit.kernels as K
+
+    d = 40
+    h = randn(21, d, dtype=dtype)
+    table = _table(d, 90, dtype)
+    config = torch.randint(0, table.capacity + 1, (21,), device=DEVICE, dtype=torch.int32)
+    ref = R.sae_steer(h.float(), config, *table.tensors())
+    out = h.clone() if in_place else torch.empty_like(h)
+    K.sae_steer(out if in_place else h, out, config, *[t.contiguous() for t in table.tensors()], cfg=cfg)
+    close(out, ref, dtype)
+    assert_untouched(out, h, config == 0)

@@ -1,5 +1,5 @@
 """sae_encode_jumprelu(x, W_enc, b_enc, threshold, capacity, b_dec=None): JumpReLU SAE encode
-into a fixed-capacity sparse output (graph safe: fixed shapes, no host sync).
+into a fixed-capacity sparse output (fixed shapes; capturable in CUDA graphs, see below).
 
 ``pre = (x - b_dec) @ W_enc + b_enc``; feature i of a row is active when ``pre_i > threshold_i``
 and then has the value ``pre_i`` (JumpReLU ``pre * (pre > threshold)``). Returns
@@ -7,7 +7,10 @@ and then has the value ``pre_i`` (JumpReLU ``pre * (pre > threshold)``). Returns
 the active features with the largest values first (equal values: lower index first), at most
 ``capacity`` per row; unused entries have value 0 and index -1 (sae_decode skips them);
 ``counts`` = entries used, ``overflow`` = active features that did not fit (0 when none).
-Forward only. Under torch.compile the op is its reference.
+Triton: eager calls sync once with the host to recompute exactly the rare rows with more active
+features than the kernel's candidate buffer; under CUDA-graph capture those rows are not
+recomputed (kernels/sae_encode_topk.py, docs/sae_ops.md). Forward only. Under torch.compile
+the op is its reference.
 """
 from __future__ import annotations
 

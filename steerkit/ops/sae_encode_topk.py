@@ -5,7 +5,10 @@ k largest pre-activations, largest first, equal values by lower feature index, t
 values ``[..., k]`` in x's dtype, indices ``[..., k]`` int64. Shapes: W_enc [d, F], b_enc [F],
 b_dec [d]. The Triton kernel never writes the [T, F] matrix (kernels/sae_encode_topk.py); it
 multiplies in W_enc's dtype with fp32 accumulation (float32 inputs: exact fp32 products).
-Forward only (no autograd). Under torch.compile the op is its reference.
+Triton: a sampled threshold, a fused matmul that keeps only candidates above it, an exact top-k
+of those; eager calls sync once with the host to recompute exactly the rare rows the threshold
+missed (not under CUDA-graph capture: docs/sae_ops.md). Forward only (no autograd). Under
+torch.compile the op is its reference.
 """
 from __future__ import annotations
 
