@@ -9,6 +9,7 @@ With --sweep, each launch configuration in kernels/sae_decode.py SWEEP is timed 
 
 Usage: python benchmarks/bench_sae_decode.py [--T 1,64,4096,16384] [--d 2304,4096] [--F ...] [--sweep]
 """
+import importlib
 import sys
 
 import torch
@@ -49,7 +50,7 @@ def main(argv=None):
                         "embedding_bag": lambda: Fn.embedding_bag(idx, W, per_sample_weights=val, mode="sum") + bias,
                     }
                     if a.sweep and T >= 4096:
-                        import steerkit.kernels.sae_decode as KD
+                        KD = importlib.import_module("steerkit.kernels.sae_decode")
 
                         out = torch.empty(T, d, device="cuda", dtype=dt)
                         for cfg in KD.SWEEP:

@@ -11,6 +11,7 @@ With --sweep, each launch configuration in kernels/sae_steer.py SWEEP (T >= 4096
 
 Usage: python benchmarks/bench_sae_steer.py [--T 1,4,16,64,4096,16384] [--d 2304,4096] [--sweep]
 """
+import importlib
 import sys
 
 import torch
@@ -48,7 +49,7 @@ def main(argv=None):
                 calls = {b: (lambda b=b: ops.sae_steer_(h, cfg, table, backend=b, validate=False))
                          for b in ("triton", "torch")}
                 want = ops.sae_steer(h, cfg, table, backend="torch").float()
-                import steerkit.kernels.sae_steer as KS
+                KS = importlib.import_module("steerkit.kernels.sae_steer")
 
                 sweep = (KS.SWEEP if T >= 4096 else KS.SWEEP_SMALL) if a.sweep else []
                 for c in [None] + sweep:
