@@ -10,16 +10,19 @@ capture they are only counted, see STATS there).
 
 Floor: as TopK encode (2*T*d*F FLOPs at prefill; reading W_enc and threshold at decode sizes).
 """
-from .sae_encode_topk import encode_candidates, encode_select
+from .sae_encode_topk import DEFAULT_PATH, encode_candidates, encode_select
 
 
 def sae_encode_jumprelu(x, W_enc, b_enc, b_dec, threshold, capacity, values, indices, counts, overflow,
-                        slices=None, buffer=None, chunk=None):
+                        slices=None, buffer=None, chunk=None, path=None):
     """x [T, d]; W_enc [d, F]; b_enc, threshold [F]; b_dec [d] or None. Writes values, indices
     [T, capacity] (unused: 0 and -1), counts and overflow [T] int32. ``slices``: the exact
     running-list kernels with that many F slices; ``buffer`` / ``chunk``: candidate slots per row
-    / rows per chunk (tests)."""
-    if slices is not None:
+    / rows per chunk (tests), either of which selects the candidate path; ``path``: "running" or
+    "candidates" (default: sae_encode_topk.DEFAULT_PATH, the running lists; see there)."""
+    if path is None:
+        path = "candidates" if (buffer, chunk) != (None, None) else DEFAULT_PATH
+    if slices is not None or path == "running":
         encode_select(x, W_enc, b_enc, b_dec, threshold, capacity, values, indices, counts, overflow, slices=slices)
     else:
         encode_candidates(x, W_enc, b_enc, b_dec, threshold, capacity, values, indices, counts, overflow,

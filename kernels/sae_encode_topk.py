@@ -3,13 +3,20 @@
     pre = (x - b_dec) @ W_enc + b_enc;  keep the k largest of each row (largest first, ties by
     lower index), then ReLU.
 
-Default: the candidate path (encode_candidates, described before it below): a per-row threshold
-from a sample of the features, one fused tiled matmul whose epilogue appends only the entries
-above the threshold to a small per-row buffer, an exact top-k of those candidates, and an exact
-recomputation of the rare rows where the threshold was too high or the buffer overflowed.
-The selection then costs a small fraction of the matmul.
+Two paths, both exact:
+- Default: the running-list kernels below (graph-safe, no host sync). Measured on the H100 at
+  d = 2304, T = 4096 / 16384: 9-12x the bare matrix product (benchmarks/results/sae-encode-topk-
+  *-194030.jsonl): the per-tile merge dominates.
+- ``path="candidates"`` (encode_candidates, described before it below): a per-row threshold from a
+  sample of the features, one fused tiled matmul whose epilogue appends only the entries above
+  the threshold to a small per-row buffer, an exact top-k of those candidates, and an exact
+  recomputation of the rare rows where the threshold was too high or the buffer overflowed (one
+  host sync per eager call; under CUDA-graph capture those rows are only counted). Designed so
+  the selection costs a small fraction of the matmul, but its Triton matmul measured 13-17x the
+  bare product at d = 4096, F = 65536 (sae-encode-topk-*-200543.jsonl): not the default until
+  its matmul is fixed.
 
-Exact running-list kernels (used as the fallback and with ``slices=``): ``_encode_kernel``
+Running-list kernels (the default, and the candidate path's fallback): ``_encode_kernel``
 (grid [row blocks, F slices]) computes tiles with tl.dot, packs each pre-activation into a 64-bit
 key (value bits made order-preserving in the high word, ``2^32 - 1 - index`` in the low word: one
 signed compare orders by value, then by lower index), and merges each tile into a running
@@ -452,14 +459,21 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
             counts[rows], overflow[rows] = c, o
 
 
+DEFAULT_PATH = "running"  # see the module docstring for the measurements behind this choice
+
+
 def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, capacity=None, chunk=None,
-                    tiles=None):
+                    tiles=None, path=None):
     """x [T, d] (unit column stride); W_enc [d, F] (any strides); b_enc [F], b_dec [d] or None
     (contiguous); writes values [T, k] and indices [T, k] int64 (unit column stride).
     ``slices``: use the exact running-list kernels with that many F slices (tests);
     ``capacity`` / ``chunk``: candidate slots per row / rows per chunk (tests); ``tiles``:
-    (BT, BF, BK, GROUP, num_warps, num_stages) of the fused matmul (benchmark sweeps)."""
-    if slices is not None:
+    (BT, BF, BK, GROUP, num_warps, num_stages) of the fused matmul (benchmark sweeps); any of
+    these three selects the candidate path. ``path``: "running" or "candidates" (default
+    DEFAULT_PATH)."""
+    if path is None:
+        path = "candidates" if (capacity, chunk, tiles) != (None, None, None) else DEFAULT_PATH
+    if slices is not None or path == "running":
         encode_select(x, W_enc, b_enc, b_dec, None, k, values, indices, slices=slices)
     else:
         encode_candidates(x, W_enc, b_enc, b_dec, None, k, values, indices, capacity=capacity, chunk=chunk,

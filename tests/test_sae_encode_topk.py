@@ -164,7 +164,7 @@ def test_candidates_theta_too_high_fallback(monkeypatch):
     v = torch.empty(9, 40, device=DEVICE)
     i = torch.empty(9, 40, device=DEVICE, dtype=torch.int64)
     before = M.STATS["fallback_rows"]
-    K.sae_encode_topk(x, W_enc, b_enc, b_dec, 40, v, i)
+    K.sae_encode_topk(x, W_enc, b_enc, b_dec, 40, v, i, path="candidates")
     pre = R.pre_activation(x, W_enc, b_enc, b_dec)
     check_selection(v, i, pre, 40, torch.float32)
     n_low = int(((pre >= theta[:, None]).sum(1) < 40).sum())

@@ -134,6 +134,33 @@ class _Req:
         self.sampling_params = type("P", (), {"extra_args": extra_args})()
 
 
+def test_only_declared_vllm_versions_are_accepted():
+    SV._check_version(SV.SUPPORTED_VLLM[0] + ".0")
+    for other in ("0.31.2", "0.33.0", "1.0.0"):
+        with pytest.raises(RuntimeError, match="supports vLLM .* this is vLLM " + other.replace(".", r"\.")):
+            SV._check_version(other)
+
+
+def test_compilation_hash_is_salted_by_the_steering_settings(monkeypatch):
+    """A graph compiled without steering (or with other settings) never matches a steered one:
+    vLLM's compilation hash changes with the plugin's settings."""
+    import types
+
+    class FakeConfig:
+        def compute_hash(self):
+            return "plainhash"
+
+    fake = types.ModuleType("vllm.config")
+    fake.VllmConfig = FakeConfig
+    monkeypatch.setitem(sys.modules, "vllm.config", fake)
+    hashes = set()
+    for cfg in (SETTINGS, {**SETTINGS, "max_configs": 3}, {**SETTINGS, "sites": ["resid_post.2"]}):
+        FakeConfig.compute_hash = lambda self: "plainhash"
+        SV._install_hash_salt(SV.parse_settings(json.dumps(cfg)))
+        hashes.add(FakeConfig().compute_hash())
+    assert "plainhash" not in hashes and len(hashes) == 3
+
+
 def test_worker_rows_ids_and_reuse():
     """Per-token ids follow the batch (packed tokens, batch order); equal inline configurations
     share a row; rows of finished requests are reused; unsteered batches leave the buffer zero."""
