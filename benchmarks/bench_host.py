@@ -82,15 +82,11 @@ def main(argv=None):
     # the hf integration's forward hook, as a decoder block's output passes through it
     from steerkit.integrations.hf import Steering
 
-    class Block(torch.nn.Module):
-        def forward(self, x):
-            return (x,)
-    block = Block()
     steering = Steering.__new__(Steering)  # only the hook path: no model needed
     steering._ids, steering._tokens, steering._rule, steering._pad = torch.ones(a.T, dtype=torch.int32, device=dev), None, "all", None
     steering._pos, steering._cached, steering.backend = None, (None, None, None), None
-    hook = steering._out_hook(table)
-    cases["hf Steering hook (auto backend)"] = lambda: hook(block, (h,), (h,))
+    hook = steering._hook(table)  # what the site hook runs on the hidden states
+    cases["hf Steering hook (auto backend)"] = lambda: hook(h)
 
     rows = []
     with torch.no_grad():

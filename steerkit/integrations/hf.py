@@ -18,7 +18,7 @@ all of them. Hooks run the fused op in place (out of place when gradients are ne
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -156,6 +156,26 @@ def _replace_first(x, new):
     return new
 
 
+def hook_site(module: torch.nn.Module, kind: str, fn: Callable[[torch.Tensor], Optional[torch.Tensor]]):
+    """Register a hook at a resolved site (``resolve_site``) that passes the site's hidden states
+    h to ``fn``; a returned tensor replaces h, None leaves it (fn may have edited it in place).
+    ``kind`` "pre": the module's input (positional or ``hidden_states=``); else its output (the
+    first element of a tuple output). Returns the removable handle."""
+    if kind == "pre":
+        def pre(module, args, kwargs):
+            if args:
+                new = fn(args[0])
+                return None if new is None else ((new,) + tuple(args[1:]), kwargs)
+            new = fn(kwargs["hidden_states"])
+            return None if new is None else (args, {**kwargs, "hidden_states": new})
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def out(module, args, output):
+        new = fn(_first(output))
+        return None if new is None else _replace_first(output, new)
+    return module.register_forward_hook(out)
+
+
 class Steering:
     """Steering attached to a model: per-site tables, shared configuration ids, hooks.
 
@@ -194,11 +214,7 @@ class Steering:
                 table = SteeringTable(site_width(model, site), capacity, max_directions, device=self.device,
                                       dtype=dtype)
                 self.tables[site] = table
-                if kind == "pre":
-                    h = module.register_forward_pre_hook(self._pre_hook(table), with_kwargs=True)
-                else:
-                    h = module.register_forward_hook(self._out_hook(table))
-                self._handles.append(h)
+                self._handles.append(hook_site(module, kind, self._hook(table)))
         except Exception:
             self.detach()
             raise
@@ -366,24 +382,10 @@ class Steering:
         ops.steer_(h, config, table, backend=self.backend, validate=False)
         return None
 
-    def _pre_hook(self, table):
-        def hook(module, args, kwargs):
-            if self._ids is None:
-                return None
-            if args:
-                new = self._apply(args[0], table)
-                return None if new is None else ((new,) + tuple(args[1:]), kwargs)
-            new = self._apply(kwargs["hidden_states"], table)
-            return None if new is None else (args, {**kwargs, "hidden_states": new})
-        return hook
-
-    def _out_hook(self, table):
-        def hook(module, args, output):
-            if self._ids is None:
-                return None
-            new = self._apply(_first(output), table)
-            return None if new is None else _replace_first(output, new)
-        return hook
+    def _hook(self, table):
+        def fn(h):
+            return None if self._ids is None else self._apply(h, table)
+        return fn
 
     # -- lifetime -------------------------------------------------------------------------------
     def detach(self) -> None:

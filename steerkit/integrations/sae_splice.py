@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Optional, Union
 
 import torch
 
-from .hf import _first, _replace_first, resolve_site, site_width
+from .hf import hook_site, resolve_site, site_width
 
 Edit = Union[None, Callable[[torch.Tensor], torch.Tensor], Mapping[int, float]]
 
@@ -58,10 +58,7 @@ class SAESplice:
         self.record = record
         self.features: Optional[torch.Tensor] = None
         self.set_edit(edit)
-        if kind == "pre":
-            self._handle = module.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
-        else:
-            self._handle = module.register_forward_hook(self._out_hook)
+        self._handle = hook_site(module, kind, self.apply)
 
     def set_edit(self, edit: Edit) -> None:
         """Replace the edit (a function of the features, a dict of clamps, or None)."""
@@ -92,17 +89,6 @@ class SAESplice:
             return sae.decode(f2.float(), hs.float()).to(h.dtype)
         delta = sae.decode(f2.float(), hs.float()) - sae.decode(f, hs.float())
         return (h.float() + delta).to(h.dtype)
-
-    def _pre_hook(self, module, args, kwargs):
-        if args:
-            new = self.apply(args[0])
-            return None if new is None else ((new,) + tuple(args[1:]), kwargs)
-        new = self.apply(kwargs["hidden_states"])
-        return None if new is None else (args, {**kwargs, "hidden_states": new})
-
-    def _out_hook(self, module, args, output):
-        new = self.apply(_first(output))
-        return None if new is None else _replace_first(output, new)
 
     def detach(self) -> None:
         """Remove the hook."""

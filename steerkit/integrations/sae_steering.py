@@ -34,7 +34,7 @@ import torch
 from steerkit import ops
 from steerkit.steering.sae_table import SaeSteeringTable
 
-from .hf import Steering, _first, _replace_first, resolve_site, site_width
+from .hf import Steering, hook_site, resolve_site, site_width
 
 Ids = Union[int, Sequence[int], torch.Tensor, None]
 
@@ -80,10 +80,7 @@ class SaeSteering:
         self.model, self.site, self.table, self.backend = model, site, table, backend
         self._ids: Optional[torch.Tensor] = None  # [batch] int32, or 0-d: one id for every row
         self._follow: Optional[Steering] = None
-        if kind == "pre":
-            self._handle = module.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
-        else:
-            self._handle = module.register_forward_hook(self._out_hook)
+        self._handle = hook_site(module, kind, self._apply)
 
     # -- configurations (the table's) -----------------------------------------------------------
     @property
@@ -183,17 +180,6 @@ class SaeSteering:
             return ops.sae_steer(h, config, self.table, backend=self.backend, validate=False)
         ops.sae_steer_(h, config, self.table, backend=self.backend, validate=False)
         return None
-
-    def _pre_hook(self, module, args, kwargs):
-        if args:
-            new = self._apply(args[0])
-            return None if new is None else ((new,) + tuple(args[1:]), kwargs)
-        new = self._apply(kwargs["hidden_states"])
-        return None if new is None else (args, {**kwargs, "hidden_states": new})
-
-    def _out_hook(self, module, args, output):
-        new = self._apply(_first(output))
-        return None if new is None else _replace_first(output, new)
 
     # -- lifetime -------------------------------------------------------------------------------
     def detach(self) -> None:
