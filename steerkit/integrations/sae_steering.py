@@ -47,15 +47,7 @@ def _table_for(sae_or_table, capacity: int, max_features: int, dtype: Optional[t
     if not all(hasattr(sae, n) for n in ("W_enc", "b_enc", "W_dec")):
         raise TypeError(f"attach_sae: sae_or_table must be a SaeSteeringTable or an SAE with W_enc, b_enc, W_dec; "
                         f"got {type(sae).__name__}")
-    if getattr(sae, "normalize", "none") != "none":
-        raise ValueError(f"attach_sae: the SAE normalises its input ({sae.normalize!r}), which fused SAE steering "
-                         f"does not do; use sae_splice.splice for it")
-    # steerkit SAEs may skip the b_dec subtraction before encoding (Gemma Scope): then the table
-    # must not subtract it either (b_dec itself cancels out of every clamp and addition)
-    b_dec = getattr(sae, "b_dec", None) if getattr(sae, "apply_b_dec_to_input", True) else None
-    return SaeSteeringTable(sae.W_enc, sae.b_enc, sae.W_dec, b_dec, getattr(sae, "threshold", None),
-                            activation=getattr(sae, "activation", "relu"), capacity=capacity,
-                            max_features=max_features, dtype=dtype)
+    return SaeSteeringTable.from_sae(sae, capacity=capacity, max_features=max_features, dtype=dtype)
 
 
 class SaeSteering:

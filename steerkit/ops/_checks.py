@@ -137,3 +137,21 @@ def no_overlap(op: str, arg: str, src: torch.Tensor, h: torch.Tensor) -> None:
     (a0, a1), (b0, b1) = span(src), span(h)
     if a0 < b1 and b0 < a1:
         fail(op, arg, "overlaps h in memory; pass a copy (src.clone())")
+
+
+def config_table(op: str, h, config, table, kind: str, marker: str, validate: bool):
+    """Checks shared by the per-row table ops (steer, sae_steer): ``table`` is a ``kind`` (it has
+    ``tensors`` and ``marker``), as wide as h's rows and on h's device; ``config`` int32 ids in
+    range. Returns the table's tensors."""
+    activation(op, h)
+    if not (hasattr(table, "tensors") and hasattr(table, marker)):
+        fail(op, "table", f"must be a {kind}, got {type(table).__name__}")
+    if table.d != h.shape[-1]:
+        fail(op, "table", f"steers rows of width {table.d} but h has d = {h.shape[-1]}")
+    if table.device != h.device:
+        fail(op, "table", f"is on {table.device} but h is on {h.device}")
+    if isinstance(config, torch.Tensor) and config.dtype != torch.int32:
+        fail(op, "config", f"must be int32, got {config.dtype}")
+    tensors = table.tensors()
+    index(op, "config", config, h, tensors[0].shape[0], validate, allow_negative=False)
+    return tensors

@@ -35,17 +35,7 @@ register(OP, "Tensor config, " + _TABLE, R.sae_steer, _prepare)
 
 
 def _params(op, h, config, table, backend, validate):
-    C.activation(op, h)
-    if not (hasattr(table, "tensors") and hasattr(table, "kind")):
-        C.fail(op, "table", f"must be a steerkit SaeSteeringTable, got {type(table).__name__}")
-    if table.d != h.shape[-1]:
-        C.fail(op, "table", f"steers rows of width {table.d} but h has d = {h.shape[-1]}")
-    if table.device != h.device:
-        C.fail(op, "table", f"is on {table.device} but h is on {h.device}")
-    if isinstance(config, torch.Tensor) and config.dtype != torch.int32:
-        C.fail(op, "config", f"must be int32, got {config.dtype}")
-    tensors = table.tensors()
-    C.index(op, "config", config, h, tensors[0].shape[0], validate, allow_negative=False)
+    tensors = C.config_table(op, h, config, table, "steerkit SaeSteeringTable", "kind", validate)
     b = None
     if not torch.compiler.is_compiling():
         from steerkit.kernels._launch import MAX_D

@@ -30,18 +30,7 @@ register("steer", "Tensor config, " + _TABLE, reference.steer, _prepare)
 
 
 def _params(op, h, config, table, validate):
-    C.activation(op, h)
-    if not (hasattr(table, "tensors") and hasattr(table, "d")):
-        C.fail(op, "table", f"must be a steerkit.SteeringTable, got {type(table).__name__}")
-    if table.d != h.shape[-1]:
-        C.fail(op, "table", f"steers rows of width {table.d} but h has d = {h.shape[-1]}")
-    if table.device != h.device:
-        C.fail(op, "table", f"is on {table.device} but h is on {h.device}")
-    if isinstance(config, torch.Tensor) and config.dtype != torch.int32:
-        C.fail(op, "config", f"must be int32, got {config.dtype}")
-    tensors = table.tensors()
-    C.index(op, "config", config, h, tensors[0].shape[0], validate, allow_negative=False)
-    return (config, *tensors)
+    return (config, *C.config_table(op, h, config, table, "steerkit.SteeringTable", "d", validate))
 
 
 def _compiled_reference(table):

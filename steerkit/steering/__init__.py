@@ -1,4 +1,5 @@
 """Steering state: persistent per-site tables of configurations (row 0 = identity)."""
+from .sae_table import SaeSteeringTable
 from .table import SteeringTable
 
-__all__ = ["SteeringTable"]
+__all__ = ["SaeSteeringTable", "SteeringTable"]

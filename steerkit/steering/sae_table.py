@@ -88,10 +88,16 @@ class SaeSteeringTable:
 
     @classmethod
     def from_sae(cls, sae, **kw) -> "SaeSteeringTable":
-        """From any object with attributes W_enc, b_enc, W_dec and optionally b_dec, threshold and
-        activation (a str)."""
+        """From any object with attributes W_enc, b_enc, W_dec and optionally b_dec, threshold,
+        activation (a str), apply_b_dec_to_input (False: b_dec is not subtracted before encoding,
+        as in Gemma Scope; b_dec cancels out of every clamp and addition) and normalize (an SAE
+        that normalises its input is refused: the fused op does not)."""
+        if getattr(sae, "normalize", "none") != "none":
+            raise ValueError(f"SaeSteeringTable.from_sae: the SAE normalises its input ({sae.normalize!r}), which "
+                             f"fused SAE steering does not do; splice it (steerkit.integrations.sae_splice)")
         kw.setdefault("activation", getattr(sae, "activation", "relu"))
-        return cls(sae.W_enc, sae.b_enc, sae.W_dec, getattr(sae, "b_dec", None), getattr(sae, "threshold", None), **kw)
+        b_dec = getattr(sae, "b_dec", None) if getattr(sae, "apply_b_dec_to_input", True) else None
+        return cls(sae.W_enc, sae.b_enc, sae.W_dec, b_dec, getattr(sae, "threshold", None), **kw)
 
     # -- shape -------------------------------------------------------------------------------
     @property
