@@ -176,6 +176,24 @@ def hook_site(module: torch.nn.Module, kind: str, fn: Callable[[torch.Tensor], O
     return module.register_forward_hook(out)
 
 
+class SiteHook:
+    """Base of the one-hook handles (SAE splicing, SAE steering): ``detach`` removes the hook
+    (the model computes exactly what it did before); also a context manager."""
+    _handle = None
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.detach()
+        return False
+
+
 class Steering:
     """Steering attached to a model: per-site tables, shared configuration ids, hooks.
 

@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Optional, Union
 
 import torch
 
-from .hf import hook_site, resolve_site, site_width
+from .hf import SiteHook, hook_site, resolve_site, site_width
 
 Edit = Union[None, Callable[[torch.Tensor], torch.Tensor], Mapping[int, float]]
 
@@ -40,7 +40,7 @@ def _clamp_edit(clamps: Mapping[int, float], F: int) -> Callable[[torch.Tensor],
     return edit
 
 
-class SAESplice:
+class SAESplice(SiteHook):
     """An SAE spliced into a model (see the module doc). ``set_edit`` changes the edit in place,
     ``detach`` (or leaving the ``with`` block) removes the hook: the model is exactly as before.
     With ``record=True`` the features of the last forward are kept in ``features`` (float32)."""
@@ -90,18 +90,6 @@ class SAESplice:
         delta = sae.decode(f2.float(), hs.float()) - sae.decode(f, hs.float())
         return (h.float() + delta).to(h.dtype)
 
-    def detach(self) -> None:
-        """Remove the hook."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.detach()
-        return False
 
 
 def splice(model: torch.nn.Module, site: Optional[str], sae, error_term: bool = True, edit: Edit = None,

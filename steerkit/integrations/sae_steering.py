@@ -34,7 +34,7 @@ import torch
 from steerkit import ops
 from steerkit.steering.sae_table import SaeSteeringTable
 
-from .hf import Steering, hook_site, resolve_site, site_width
+from .hf import SiteHook, Steering, hook_site, resolve_site, site_width
 
 Ids = Union[int, Sequence[int], torch.Tensor, None]
 
@@ -50,7 +50,7 @@ def _table_for(sae_or_table, capacity: int, max_features: int, dtype: Optional[t
     return SaeSteeringTable.from_sae(sae, capacity=capacity, max_features=max_features, dtype=dtype)
 
 
-class SaeSteering:
+class SaeSteering(SiteHook):
     """Fused SAE steering attached at one site of a model (see the module doc). Also a context
     manager: leaving the ``with`` block detaches it."""
 
@@ -172,20 +172,6 @@ class SaeSteering:
             return ops.sae_steer(h, config, self.table, backend=self.backend, validate=False)
         ops.sae_steer_(h, config, self.table, backend=self.backend, validate=False)
         return None
-
-    # -- lifetime -------------------------------------------------------------------------------
-    def detach(self) -> None:
-        """Remove the hook: the model computes exactly what it did before."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.detach()
-        return False
 
     def __repr__(self) -> str:
         src = "off" if self._ids is None and self._follow is None else ("follows a Steering" if self._follow else "ids")
