@@ -125,24 +125,34 @@ class _HookVariant:
         return (y,) + tuple(out[1:]) if isinstance(out, tuple) else y
 
 
-def _timer(device: str):
+def _timer(device: str, host: Optional[List[float]] = None):
     """Wall time of fn in µs (CUDA events on a GPU); Python's garbage collector is held off
-    during the measurement so that its pauses do not land in one variant's sample."""
+    during the measurement so that its pauses do not land in one variant's sample. With ``host``
+    (a list), the CPU time of this thread during fn (µs) is appended to it: eager decode is bound
+    by the host, and the thread's CPU time is not inflated by the machine's other tenants the way
+    wall time is (it excludes time the thread was not running)."""
     def run(fn: Callable[[], None]) -> float:
         gc.collect()
         gc.disable()
         try:
+            c0 = time.thread_time()
             if device == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 torch.cuda.synchronize()
                 start.record()
                 fn()
                 end.record()
+                c1 = time.thread_time()
                 end.synchronize()
-                return 1000.0 * start.elapsed_time(end)
-            t0 = time.perf_counter()
-            fn()
-            return 1e6 * (time.perf_counter() - t0)
+                us = 1000.0 * start.elapsed_time(end)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                c1 = time.thread_time()
+                us = 1e6 * (time.perf_counter() - t0)
+            if host is not None:
+                host.append(1e6 * (c1 - c0))
+            return us
         finally:
             gc.enable()
     return run
@@ -181,7 +191,8 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 128)
     if hasattr(torch._dynamo.config, "recompile_limit"):
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 128)
-    timer = _timer(device)
+    host_us: List[float] = []  # the thread's CPU time of each measure() (eager: the host-bound cost)
+    timer = _timer(device, host_us)
     rows: List[dict] = []
 
     def switch(name: str, assign: str, B: int):
@@ -226,6 +237,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     return timer(decode) / steps
 
                 samples: Dict[tuple, List[float]] = {c: [] for c in cases}
+                host: Dict[tuple, List[float]] = {c: [] for c in cases}
                 t0 = time.time()
                 for name, assign in cases:  # warm up: compile and capture each variant
                     switch(name, assign, B)
@@ -236,20 +248,25 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     for name, assign in cases:
                         switch(name, assign, B)
                         samples[(name, assign)].append(measure())
+                        host[(name, assign)].append(host_us[-1] / (steps if phase == "decode" else 1))
                 switch("none", "-", B)
                 base = statistics.median(samples[("none", "-")])
+                host_base = statistics.median(host[("none", "-")])
                 for (name, assign), xs in samples.items():
                     med = statistics.median(xs)
                     row = dict(shape=shape, mode=mode, phase=phase, batch=B, seq=S, variant=name, assign=assign,
                                us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=steps,
                                overhead_pct=100.0 * (med / base - 1.0), layers_steered=0 if name == "none" else n_layers,
                                dynamic=str(dynamic) if mode == "compiled" else "-",
-                               backend=(backend or "auto") if mode == "eager" else "-")
+                               backend=(backend or "auto") if mode == "eager" else "-",
+                               host_us=statistics.median(host[(name, assign)]),
+                               host_overhead_pct=100.0 * (statistics.median(host[(name, assign)]) / host_base - 1.0))
                     if phase == "decode":
                         row["tok_s"] = B * 1e6 / med
                     rows.append(row)
                     log(f"{shape:13} {mode:8} {phase:7} B={B:<4} {name:17} {assign:8} {med:10.1f} us "
-                        f"[{min(xs):.1f}-{max(xs):.1f}] {row['overhead_pct']:+6.2f}%")
+                        f"[{min(xs):.1f}-{max(xs):.1f}] {row['overhead_pct']:+6.2f}%  host CPU {row['host_us']:.0f} us "
+                        f"{row['host_overhead_pct']:+6.2f}%")
                 cache = None  # free the KV cache before the next size
         if mode == "compiled":
             torch._dynamo.reset()
