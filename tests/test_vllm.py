@@ -203,24 +203,50 @@ D, LAYERS, VOCAB = 128, 3, 256
 PROMPT = [1, 17, 33, 8, 91, 120, 5, 64]
 
 
-def _write_checkpoint(path):
+def _write_checkpoint(path, family="llama"):
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=D, intermediate_size=256, num_hidden_layers=LAYERS,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg)
+    model = AutoModelForCausalLM.from_config(_family_config(family))
     with torch.no_grad():  # larger random weights than the init, so tokens depend on steering
         for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0, 0.2)
+        if model.config.tie_word_embeddings:  # Gemma: embeddings scaled by sqrt(D) on the way in
+            model.get_input_embeddings().weight.normal_(0, 0.2 / D**0.5)
     model.save_pretrained(path)
     tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w3"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w3", bos_token="w1", eos_token="w2",
                             pad_token="w0").save_pretrained(path)
+
+
+def _family_config(family):
+    """A tiny config of each family vLLM's plugin steers: hidden size D, head_dim 64 (vLLM's CPU
+    attention wants >= 32). Gemma's sliding windows (64, longer than any sequence here, so the two
+    engines agree whatever they do at the window's edge) and soft-capping stay on."""
+    import transformers as T
+
+    common = dict(vocab_size=VOCAB, hidden_size=D, intermediate_size=256, num_hidden_layers=LAYERS,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    if family == "llama":
+        return T.LlamaConfig(**common)
+    if family == "mistral":
+        return T.MistralConfig(**common, head_dim=64, sliding_window=None)
+    if family == "qwen2":
+        return T.Qwen2Config(**common)
+    if family == "qwen3":
+        return T.Qwen3Config(**common, head_dim=64)
+    # vLLM's Gemma 2 always ties the output embedding to the input one (as Gemma checkpoints do)
+    gemma = dict(common, tie_word_embeddings=True, head_dim=64, sliding_window=64, query_pre_attn_scalar=64,
+                 layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    if family == "gemma2":
+        return T.Gemma2Config(**gemma, attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+    if family == "gemma3_text":
+        return T.Gemma3TextConfig(**gemma, final_logit_softcapping=30.0)
+    raise ValueError(family)
 
 
 def _specs():
@@ -243,9 +269,9 @@ def ckpt(tmp_path_factory):
     return path
 
 
-def _settings_json():
+def _settings_json(specs=None):
     return json.dumps({"sites": ["resid_post.1"], "max_configs": 2, "max_directions": 1,
-                       "configs": {"up": _specs()["up"]}})
+                       "configs": {"up": (specs or _specs())["up"]}})
 
 
 LLM_KW = dict(load_format="safetensors", dtype="float32", max_model_len=128, max_num_seqs=8,
@@ -280,13 +306,14 @@ def _params(extra_args, n=8, **kw):
     return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, extra_args=extra_args, **kw)
 
 
-def _hf_greedy(ckpt, prompts, configs, steps):
+def _hf_greedy(ckpt, prompts, configs, steps, attn=None):
     """Greedy tokens of transformers + steerkit.integrations.hf, and each step's relative top-2 gap."""
     from transformers import AutoModelForCausalLM
 
     from steerkit.integrations import hf
 
-    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    kw = {"attn_implementation": attn} if attn else {}
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32, **kw).eval()
     handle = hf.attach(model, ["resid_post.1"], capacity=len(configs), max_directions=1)
     ids = []
     for spec in configs:
@@ -486,3 +513,41 @@ def test_vllm_openai_server_with_extra_body(ckpt, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@needs_vllm
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral", "gemma2", "gemma3_text"])
+def test_vllm_families_match_transformers_with_steerkit(family, tmp_path):
+    """The other families the plugin steers (their own vLLM decoder-layer classes; Gemma's scaled
+    embeddings, sliding windows and soft-capping): a mixed batch (unsteered, named, inline scale +
+    direction) equals transformers + steerkit.integrations.hf. One eager engine per family
+    (torch.compile and CUDA-graph paths are the Llama tests' business); last in the file, so that
+    no other engine is alive beside it."""
+    from vllm import LLM
+
+    assert family in SV.FAMILIES  # a family the plugin claims
+    ckpt = str(tmp_path)
+    _write_checkpoint(ckpt, family)
+    specs = _specs()
+    specs["up"]["resid_post.1"]["strength"] = 16.0  # Qwen3's residual here is ~200 long, Llama's ~20
+    os.environ[SV.ENV] = _settings_json(specs)
+    try:
+        llm = LLM(model=ckpt, enforce_eager=True, **LLM_KW)
+    finally:
+        os.environ.pop(SV.ENV, None)
+    prompts = [PROMPT, PROMPT[:-1] + [9], PROMPT[:-1] + [10]]
+    reqs = [None, "up", specs["abl"]]
+    try:
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                            [_params(None if r is None else SV.steering_args(r)) for r in reqs])
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    got = [list(o.outputs[0].token_ids) for o in outs]
+    hf_specs = [None if r is None else (specs[r] if isinstance(r, str) else r) for r in reqs]
+    # eager attention: the one in which transformers soft-caps attention logits (Gemma 2)
+    want, gaps = _hf_greedy(ckpt, prompts, hf_specs, 8, attn="eager")
+    print(family, end=": ")
+    assert len(_compare(got, want, gaps)) <= 1
+    unsteered, _ = _hf_greedy(ckpt, prompts, [None] * len(prompts), 8, attn="eager")
+    for row in (1, 2):  # the steering changed the tokens (the test can fail)
+        assert got[row] != unsteered[row]
