@@ -135,6 +135,28 @@ def _encode_kernel(x_ptr, w_ptr, b_enc_ptr, b_dec_ptr, thr_ptr, keys_ptr, cnt_pt
 
 
 @triton.jit
+def _store_selection(run, total, rows, row_ok, kcols, k, val_ptr, idx_ptr, counts_ptr, ovf_ptr, stride_vt, stride_it,
+                     JUMP: tl.constexpr):
+    """Write a [BT, KW] sorted key list as values and indices (the first k); JumpReLU: unused
+    entries value 0 and index -1, plus per-row counts and overflow from ``total``; TopK: ReLU."""
+    value, index = _unpack(run)
+    if JUMP:  # unused entries: value 0, index -1
+        used = run != MIN_KEY
+        value = tl.where(used, value, 0.0)
+        index = tl.where(used, index, -1)
+    else:  # TopK: ReLU after selection
+        value = tl.maximum(value, 0.0)
+    out_ok = row_ok[:, None] & (kcols < k)[None, :]
+    r64 = rows.to(tl.int64)[:, None]
+    tl.store(val_ptr + r64 * stride_vt + kcols[None, :], value.to(val_ptr.dtype.element_ty), mask=out_ok)
+    tl.store(idx_ptr + r64 * stride_it + kcols[None, :], index, mask=out_ok)
+    if JUMP:
+        kept = tl.minimum(total, k)
+        tl.store(counts_ptr + rows, kept, mask=row_ok)
+        tl.store(ovf_ptr + rows, total - kept, mask=row_ok)
+
+
+@triton.jit
 def _merge_kernel(keys_ptr, cnt_ptr, val_ptr, idx_ptr, counts_ptr, ovf_ptr, T, S, k,
                   stride_vt, stride_it, JUMP: tl.constexpr, SORT_NET: tl.constexpr, BT: tl.constexpr, KW: tl.constexpr):
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
@@ -151,21 +173,8 @@ def _merge_kernel(keys_ptr, cnt_ptr, val_ptr, idx_ptr, counts_ptr, ovf_ptr, T, S
             run = _rank_merge(run, part)
         if JUMP:
             total += tl.load(cnt_ptr + base, mask=row_ok, other=0)
-    value, index = _unpack(run)
-    if JUMP:  # unused entries: value 0, index -1
-        used = run != MIN_KEY
-        value = tl.where(used, value, 0.0)
-        index = tl.where(used, index, -1)
-    else:  # TopK: ReLU after selection
-        value = tl.maximum(value, 0.0)
-    out_ok = row_ok[:, None] & (kcols < k)[None, :]
-    r64 = rows.to(tl.int64)[:, None]
-    tl.store(val_ptr + r64 * stride_vt + kcols[None, :], value.to(val_ptr.dtype.element_ty), mask=out_ok)
-    tl.store(idx_ptr + r64 * stride_it + kcols[None, :], index, mask=out_ok)
-    if JUMP:
-        kept = tl.minimum(total, k)
-        tl.store(counts_ptr + rows, kept, mask=row_ok)
-        tl.store(ovf_ptr + rows, total - kept, mask=row_ok)
+    _store_selection(run, total, rows, row_ok, kcols, k, val_ptr, idx_ptr, counts_ptr, ovf_ptr, stride_vt, stride_it,
+                     JUMP)
 
 
 MAX_K = 256  # widest running list a program keeps in registers
@@ -333,21 +342,8 @@ def _select_kernel(cand_v_ptr, cand_i_ptr, cnt_ptr, val_ptr, idx_ptr, counts_ptr
             run = _merge_sorted(run, tl.topk(part, KW, dim=1))
         else:
             run = _rank_merge(run, part)
-    value, index = _unpack(run)
-    if JUMP:  # unused entries: value 0, index -1
-        used = run != MIN_KEY
-        value = tl.where(used, value, 0.0)
-        index = tl.where(used, index, -1)
-    else:  # TopK: ReLU after selection
-        value = tl.maximum(value, 0.0)
-    out_ok = row_ok[:, None] & (kcols < k)[None, :]
-    r64 = rows.to(tl.int64)[:, None]
-    tl.store(val_ptr + r64 * stride_vt + kcols[None, :], value.to(val_ptr.dtype.element_ty), mask=out_ok)
-    tl.store(idx_ptr + r64 * stride_it + kcols[None, :], index, mask=out_ok)
-    if JUMP:
-        kept = tl.minimum(total, k)
-        tl.store(counts_ptr + rows, kept, mask=row_ok)
-        tl.store(ovf_ptr + rows, total - kept, mask=row_ok)
+    _store_selection(run, total, rows, row_ok, kcols, k, val_ptr, idx_ptr, counts_ptr, ovf_ptr, stride_vt, stride_it,
+                     JUMP)
 
 
 def candidate_config(T: int, d: int, F: int, k: int, jump: bool, capacity=None, chunk=None, fp32=False):

@@ -105,3 +105,34 @@ def make_table(d: int, capacity: int = 6, max_directions: int = 3, dtype=torch.f
     if capacity >= 6:
         t.set(6, scale=-0.4, directions=ortho(max(1, r - 1)), values=1.5)
     return t
+
+
+def tiny_lm(family: str, d: int = 32, device="cpu", dtype=torch.float32):
+    """A tiny random causal LM ("llama" or "gpt2"), 3 blocks of width d, vocabulary 64."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    if family == "llama":
+        cfg = LlamaConfig(vocab_size=64, hidden_size=d, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                          num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    else:
+        cfg = GPT2Config(vocab_size=64, n_embd=d, n_layer=3, n_head=4, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval().to(device=device, dtype=dtype)
+
+
+def plain_hook_logits(model, site: str, fn, ids: torch.Tensor) -> torch.Tensor:
+    """Logits with h -> fn(h) at ``site`` written as a plain PyTorch hook (the oracle of the
+    integration tests)."""
+    from steerkit.integrations.hf import resolve_site
+
+    module, kind = resolve_site(model, site)
+    if kind == "pre":
+        h = module.register_forward_pre_hook(lambda m, a, k: ((fn(a[0]),) + a[1:], k) if a else
+                                             (a, {**k, "hidden_states": fn(k["hidden_states"])}), with_kwargs=True)
+    else:
+        h = module.register_forward_hook(lambda m, a, o: (fn(o[0]),) + tuple(o[1:]) if isinstance(o, tuple) else fn(o))
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+    finally:
+        h.remove()

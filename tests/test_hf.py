@@ -5,6 +5,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from steerkit import integrations as I  # noqa: E402
+from helpers import plain_hook_logits  # noqa: E402
 
 D = 32
 
@@ -42,18 +43,7 @@ def _logits(model, ids=IDS):
         return model(input_ids=ids).logits
 
 
-def _plain_hook_logits(model, site, fn):
-    """The same intervention written as a plain PyTorch hook (the oracle)."""
-    module, kind = I.resolve_site(model, site)
-    if kind == "pre":
-        h = module.register_forward_pre_hook(lambda m, a, k: ((fn(a[0]),) + a[1:], k) if a else
-                                             (a, {**k, "hidden_states": fn(k["hidden_states"])}), with_kwargs=True)
-    else:
-        h = module.register_forward_hook(lambda m, a, o: (fn(o[0]),) + tuple(o[1:]) if isinstance(o, tuple) else fn(o))
-    try:
-        return _logits(model)
-    finally:
-        h.remove()
+
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -65,7 +55,7 @@ def test_site_matches_a_plain_hook_and_detach_restores(family, kind):
     v = torch.randn(I.site_width(model, site))
     with I.steer(model, {site: dict(vector=v, strength=3.0, scale=0.5)}):
         got = _logits(model)
-    want = _plain_hook_logits(model, site, lambda h: (0.5 * h.float() + 3.0 * v).to(h.dtype))
+    want = plain_hook_logits(model, site, lambda h: (0.5 * h.float() + 3.0 * v).to(h.dtype), IDS)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, before)
     assert torch.equal(_logits(model), before)  # detached: bit-identical
@@ -300,7 +290,7 @@ def test_attention_heads_site_with_head_dim_wider_than_the_model():
     def fn(h):
         h = h - (h @ un).unsqueeze(-1) * un
         return h + per_head.reshape(-1)
-    want = _plain_hook_logits(model, site, fn)
+    want = plain_hook_logits(model, site, fn, IDS)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="head 4 out of range"):
         I.head_vector(model, 4, u)

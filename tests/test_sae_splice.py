@@ -11,21 +11,10 @@ transformers = pytest.importorskip("transformers")
 from steerkit.integrations import resolve_site  # noqa: E402
 from steerkit.integrations.sae_splice import features, splice  # noqa: E402
 from steerkit.sae import SAE  # noqa: E402
+from helpers import plain_hook_logits, tiny_lm  # noqa: E402
 
 D, FEAT = 32, 128
 IDS = torch.randint(3, 64, (2, 7), generator=torch.Generator().manual_seed(5))
-
-
-def _tiny(family):
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
-
-    if family == "llama":
-        cfg = LlamaConfig(vocab_size=64, hidden_size=D, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                          num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    else:
-        cfg = GPT2Config(vocab_size=64, n_embd=D, n_layer=3, n_head=4, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg).eval()
 
 
 def _sae(activation="topk", seed=1, **kw):
@@ -41,18 +30,7 @@ def _logits(model, ids=IDS):
         return model(input_ids=ids).logits
 
 
-def _hooked_logits(model, site, fn, ids=IDS):
-    """The same intervention as a plain PyTorch hook (the oracle)."""
-    module, kind = resolve_site(model, site)
-    if kind == "pre":
-        h = module.register_forward_pre_hook(lambda m, a, k: ((fn(a[0]),) + a[1:], k) if a else
-                                             (a, {**k, "hidden_states": fn(k["hidden_states"])}), with_kwargs=True)
-    else:
-        h = module.register_forward_hook(lambda m, a, o: (fn(o[0]),) + tuple(o[1:]) if isinstance(o, tuple) else fn(o))
-    try:
-        return _logits(model, ids)
-    finally:
-        h.remove()
+
 
 
 def _dec(sae, f):
@@ -65,7 +43,7 @@ SITES = ["resid_pre.1", "resid_post.1", "attn_out.2", "mlp_out.0"]
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("site", SITES)
 def test_unsteered_error_term_splice_is_bit_identical(family, site):
-    model = _tiny(family)
+    model = tiny_lm(family)
     base = _logits(model)
     sae = _sae("topk")
     for kw in (dict(), dict(record=True), dict(edit=lambda f: f.clone())):
@@ -83,7 +61,7 @@ def test_unsteered_error_term_splice_is_bit_identical(family, site):
 @pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
 @pytest.mark.parametrize("site", ["resid_post.1", "mlp_out.2"])
 def test_steering_with_the_error_term_adds_the_reconstruction_change(family, activation, site):
-    model = _tiny(family)
+    model = tiny_lm(family)
     base = _logits(model)
     sae = _sae(activation)
     clamps = {3: 6.0, 77: 0.0, 100: -2.5}
@@ -98,7 +76,7 @@ def test_steering_with_the_error_term_adds_the_reconstruction_change(family, act
         f = sae.encode(h.float()).double()
         return (h.double() + _dec(sae, edit(f)) - _dec(sae, f)).to(h.dtype)
 
-    want = _hooked_logits(model, site, oracle)
+    want = plain_hook_logits(model, site, oracle, IDS)
     with splice(model, site, sae, edit=clamps):
         got_dict = _logits(model)
     with splice(model, site, sae, edit=edit):
@@ -111,20 +89,20 @@ def test_steering_with_the_error_term_adds_the_reconstruction_change(family, act
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_without_the_error_term_the_model_runs_on_the_reconstruction(family):
-    model = _tiny(family)
+    model = tiny_lm(family)
     sae = _sae("jumprelu")
     site = "resid_pre.2"
-    want = _hooked_logits(model, site, lambda h: _dec(sae, sae.encode(h.float()).double()).to(h.dtype))
+    want = plain_hook_logits(model, site, lambda h: _dec(sae, sae.encode(h.float()).double()).to(h.dtype), IDS)
     with splice(model, site, sae, error_term=False):
         got = _logits(model)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    want2 = _hooked_logits(model, site, lambda h: _dec(sae, sae.encode(h.float()).double() * 2).to(h.dtype))
+    want2 = plain_hook_logits(model, site, lambda h: _dec(sae, sae.encode(h.float()).double() * 2).to(h.dtype), IDS)
     with splice(model, site, sae, error_term=False, edit=lambda f: f * 2):
         torch.testing.assert_close(_logits(model), want2, rtol=1e-4, atol=1e-4)
 
 
 def test_set_edit_features_and_generate():
-    model = _tiny("llama")
+    model = tiny_lm("llama")
     base = _logits(model)
     sae = _sae("topk", site="resid_post.1")
     handle = splice(model, None, sae)  # the SAE's own site
@@ -147,7 +125,7 @@ def test_set_edit_features_and_generate():
 
 
 def test_bad_input():
-    model = _tiny("llama")
+    model = tiny_lm("llama")
     with pytest.raises(ValueError, match="wide"):
         splice(model, "resid_post.1", SAE(16, 64))
     with pytest.raises(ValueError, match="trained at"):
@@ -170,7 +148,7 @@ def test_bad_input():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_unsteered_bit_identical_and_steered_close():
-    model = _tiny("llama").to("cuda", torch.bfloat16)
+    model = tiny_lm("llama").to("cuda", torch.bfloat16)
     ids = IDS.to("cuda")
     base = _logits(model, ids)
     sae = _sae("topk").to("cuda")
@@ -183,7 +161,7 @@ def test_cuda_bf16_unsteered_bit_identical_and_steered_close():
         g[..., 3] = 6.0
         return (h.double() + _dec(sae, g) - _dec(sae, f)).to(h.dtype)
 
-    want = _hooked_logits(model, "resid_post.1", oracle, ids)
+    want = plain_hook_logits(model, "resid_post.1", oracle, ids)
     with splice(model, "resid_post.1", sae, edit={3: 6.0}):
         got = _logits(model, ids)
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=5e-2)

@@ -14,6 +14,7 @@ from steerkit.integrations.sae_splice import splice  # noqa: E402
 from steerkit.integrations.sae_steering import attach_sae  # noqa: E402
 from steerkit.sae import SAE  # noqa: E402
 from steerkit.steering.sae_table import SaeSteeringTable  # noqa: E402
+from helpers import tiny_lm  # noqa: E402
 
 D, FEAT = 32, 128
 GPU = torch.cuda.is_available()
@@ -22,16 +23,7 @@ CLAMP = {3: 4.0, 17: 0.0, 40: -1.5}  # a target, an ablation, a negative target
 HOT = (3, 17, 40, 90)  # features a TopK test keeps in the top k (see _sae)
 
 
-def _tiny(family, device="cpu", dtype=torch.float32):
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-    if family == "llama":
-        cfg = LlamaConfig(vocab_size=64, hidden_size=D, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                          num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    else:
-        cfg = GPT2Config(vocab_size=64, n_embd=D, n_layer=3, n_head=4, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg).eval().to(device=device, dtype=dtype)
 
 
 def _sae(activation, seed=1, **kw):
@@ -59,7 +51,7 @@ def _close(a, b):
 @pytest.mark.parametrize("family,site", [("llama", "resid_post.1"), ("llama", "resid_pre.1"), ("gpt2", "resid_post.1"),
                                          ("gpt2", "mlp_out.0"), ("llama", "attn_out.2")])
 def test_configuration_0_and_detach_are_bit_identical(family, site):
-    model = _tiny(family)
+    model = tiny_lm(family)
     base = _logits(model)
     with attach_sae(model, site, _sae("relu"), capacity=3) as h:
         h.set(1, clamp=CLAMP)
@@ -86,7 +78,7 @@ def test_configuration_0_and_detach_are_bit_identical(family, site):
 @pytest.mark.parametrize("activation", ["topk", "relu", "jumprelu"])
 @pytest.mark.parametrize("family,site", [("llama", "resid_post.1"), ("gpt2", "resid_pre.2")])
 def test_clamp_equals_the_error_term_splice_with_a_clamp_edit(activation, family, site):
-    model = _tiny(family)
+    model = tiny_lm(family)
     sae = _sae(activation)
     with splice(model, site, sae, edit=CLAMP):
         want = _logits(model)
@@ -102,7 +94,7 @@ def test_clamp_equals_the_error_term_splice_with_a_clamp_edit(activation, family
 def test_adds_only_active_and_gemma_scope_convention_equal_the_splice(activation):
     """add = an edit adding the strength to the feature; only_active = an edit that clamps only
     where the feature is active; an SAE without the b_dec subtraction (Gemma Scope)."""
-    model, site = _tiny("llama"), "resid_post.0"
+    model, site = tiny_lm("llama"), "resid_post.0"
     sae = _sae(activation, seed=3, apply_b_dec_to_input=activation != "jumprelu")
     thr = sae.threshold.float() if activation == "jumprelu" else torch.zeros(FEAT)
 
@@ -132,7 +124,7 @@ def test_adds_only_active_and_gemma_scope_convention_equal_the_splice(activation
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_distinct_configurations_per_sequence_equal_each_sequence_alone(family):
-    model, site = _tiny(family), "resid_post.1"
+    model, site = tiny_lm(family), "resid_post.1"
     sae = _sae("jumprelu")
     base = _logits(model)
     with attach_sae(model, site, sae, capacity=4) as h:
@@ -155,7 +147,7 @@ def test_distinct_configurations_per_sequence_equal_each_sequence_alone(family):
 
 def test_follows_a_steering_and_its_position_rules():
     """follow: the ids of a hf.Steering (shared id space), its per-token ids and position rules."""
-    model = _tiny("llama")
+    model = tiny_lm("llama")
     sae = _sae("relu")
     steering = attach(model, ["resid_post.2"], capacity=4)
     h = attach_sae(model, "resid_post.1", sae, capacity=4)
@@ -200,7 +192,7 @@ def test_engine_slots_pick_sae_configurations_like_generate_alone():
 
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("aot_eager")
-    model = _tiny("llama")
+    model = tiny_lm("llama")
     steering = attach(model, ["resid_post.2"], capacity=4)
     h = attach_sae(model, "resid_post.1", _sae("jumprelu", seed=4), capacity=4)
     eng = None
@@ -244,7 +236,7 @@ def test_compiled_fullgraph_no_recompile_when_tables_or_ids_change():
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()
-    model = _tiny("llama")
+    model = tiny_lm("llama")
     sae = _sae("topk")
     h = attach_sae(model, "resid_post.1", sae, capacity=3)
     buf = torch.zeros(3, dtype=torch.int32)
@@ -280,7 +272,7 @@ def test_compiled_fullgraph_no_recompile_when_tables_or_ids_change():
 
 def test_triton_kernel_in_the_model_matches_the_reference():
     """The eager fused kernel (the Triton interpreter on a CPU) against the reference backend."""
-    model = _tiny("gpt2")
+    model = tiny_lm("gpt2")
     with attach_sae(model, "resid_post.0", _sae("jumprelu"), capacity=2, backend="triton") as h:
         h.set(1, clamp=CLAMP)
         h.set(2, add={7: 2.0}, clamp={60: 3.0}, only_active=True)
@@ -292,7 +284,7 @@ def test_triton_kernel_in_the_model_matches_the_reference():
 
 
 def test_gradients_flow_out_of_place():
-    model = _tiny("llama")
+    model = tiny_lm("llama")
     sae = _sae("relu")
     emb = model.get_input_embeddings()(IDS).detach().requires_grad_(True)
     with attach_sae(model, "resid_post.0", sae, capacity=1) as h:
@@ -303,7 +295,7 @@ def test_gradients_flow_out_of_place():
 
 
 def test_bad_input_is_refused_with_the_argument_named():
-    model = _tiny("llama")
+    model = tiny_lm("llama")
     with pytest.raises(ValueError, match="16-wide"):
         attach_sae(model, "resid_post.0", SAE(16, 64))
     with pytest.raises(ValueError, match="normalises its input"):
@@ -335,7 +327,7 @@ def test_bad_input_is_refused_with_the_argument_named():
 
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_gpu_bf16_fused_kernel_in_the_model_matches_the_reference():
-    model = _tiny("llama", "cuda", torch.bfloat16)
+    model = tiny_lm("llama", device="cuda", dtype=torch.bfloat16)
     sae = _sae("topk").to("cuda", torch.bfloat16)
     ids = IDS.cuda()
     with attach_sae(model, "resid_post.1", sae, capacity=3) as h:
