@@ -30,20 +30,24 @@ def main(argv=None):
         for F in a.F:
             W = (torch.randn(d, F, device="cuda") / d ** 0.5).to(dt)
             b = (torch.randn(F, device="cuda") * 0.1).to(dt)
+            bd = (torch.randn(d, device="cuda") * 0.1).to(dt)
             thr = torch.full((F,), 2.5, device="cuda", dtype=dt)  # ~1% active: capacity 2k fits most rows
             for T in a.T:
                 if not run.time_left():
                     break
                 x = torch.randn(T, d, device="cuda", dtype=dt)
+                KM = importlib.import_module("steerkit.kernels.sae_encode_topk")
                 calls = {
                     "triton": lambda: ops.sae_encode_topk(x, W, b, k, backend="triton", validate=False),
+                    "triton+b_dec": lambda: ops.sae_encode_topk(x, W, b, k, bd, backend="triton", validate=False),
                     "matmul": lambda: x @ W,
                     "matmul+topk": lambda: torch.topk(x @ W + b, k, dim=-1),
                 }
                 if T >= 64 and not a.no_jumprelu:
                     calls["jumprelu"] = lambda: ops.sae_encode_jumprelu(x, W, b, thr, 2 * k, backend="triton",
                                                                         validate=False)
-                KM = importlib.import_module("steerkit.kernels.sae_encode_topk")
+                if T >= 64:  # the fused kernel's bare matmul: what the selection adds beyond it
+                    calls["triton-matmul"] = lambda: KM.matmul_only(x, W, b)
                 if a.sweep and T == 4096:
                     vs = torch.empty(T, k, device="cuda", dtype=dt)
                     ix = torch.empty(T, k, device="cuda", dtype=torch.int64)
@@ -63,7 +67,7 @@ def main(argv=None):
                 dense = 2 * T * F
                 for name, (us, _) in t.items():
                     extra = peak_extra_bytes(calls[name])
-                    if name.startswith("cfg="):  # same results as the default tiles
+                    if name.startswith("cfg="):  # same selection as the default tiles
                         sv = calls[name]()[0].float()
                         if float((sv - v.float()).abs().max() / rv.abs().max().clamp_min(1)) > 3e-2:
                             print(f"# MISMATCH {name}", flush=True)

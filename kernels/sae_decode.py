@@ -9,7 +9,7 @@ BJ = k (the default up to 64) a token needs one round trip: indices, then all it
 Indices outside [0, F) (e.g. the -1 padding of JumpReLU encode) are skipped, never read.
 Floor ("gather floor", no reuse): read T*k*d decoder elements + T*k values and indices, write
 T*d outputs, over the copy bandwidth (H100: 2.15 GB at T = 4096, d = 4096, k = 64, bf16:
-~0.72 ms at 3.0 TB/s). Heavy-tailed indices hit L2 and can beat it.
+~0.72 ms at 3.0 TB/s). Heavy-tailed indices hit L2 and can beat it. Measured: see decode_config.
 """
 import triton
 import triton.language as tl
@@ -46,14 +46,17 @@ def _decode_kernel(val_ptr, idx_ptr, w_ptr, b_ptr, out_ptr, T, k, d, F, stride_v
 def decode_config(T: int, d: int, k: int):
     """(ROWS, BJ, BD, num_warps).
 
-    GPU: all of a token's k rows in flight at once (BJ = k up to 64) over a 256-wide slice of d
-    (512 contiguous bytes of bf16 per row, 16 bytes per thread), 8 warps: 32 KiB of loads in
-    flight per program at k = 64, several programs per SM. Wider slices for small T (fewer,
-    longer programs are not needed there: latency, not bandwidth). Interpreter: large blocks.
+    GPU, T >= 256 (bandwidth): 16 of a token's rows at a time over a 512-wide slice of d, 4 warps
+    (the sweep's best on the H100 at T = 4096 / 16384, d = 4096, F = 65536, k = 64: 90-99% of
+    the gather floor, 3.1-3.8x F.embedding_bag, benchmarks/results/sae-decode-*-214853.jsonl;
+    BJ = 64 over 256 columns reached 49-52%). Smaller T (latency): all of a token's k rows in
+    flight at once (BJ = k up to 64) over a 256-wide slice, 8 warps. Interpreter: large blocks.
     """
     if interpreting():
         return max(1, min(16, T)), max(2, min(64, triton.next_power_of_2(k))), triton.next_power_of_2(d), 4
     bj = max(2, min(64, triton.next_power_of_2(k)))
+    if T >= 256:
+        return 1, min(16, bj), min(512, triton.next_power_of_2(d)), 4
     bd = min(256, triton.next_power_of_2(d))
     return 1, bj, bd, 8 if bj * bd >= 8192 else 4
 

@@ -4,19 +4,18 @@
     lower index), then ReLU.
 
 Two paths, both exact:
-- Default: the running-list kernels below (graph-safe, no host sync). Measured on the H100 at
-  d = 2304, T = 4096 / 16384: 9-12x the bare matrix product (benchmarks/results/sae-encode-topk-
-  *-194030.jsonl): the per-tile merge dominates.
-- ``path="candidates"`` (encode_candidates, described before it below): a per-row threshold from a
-  sample of the features, one fused tiled matmul whose epilogue appends only the entries above
-  the threshold to a small per-row buffer, an exact top-k of those candidates, and an exact
-  recomputation of the rare rows where the threshold was too high or the buffer overflowed (one
-  host sync per eager call; under CUDA-graph capture those rows are only counted). Designed so
-  the selection costs a small fraction of the matmul, but its Triton matmul measured 13-17x the
-  bare product at d = 4096, F = 65536 (sae-encode-topk-*-200543.jsonl): not the default until
-  its matmul is fixed.
+- Default: ``path="candidates"`` (encode_candidates, described before it below): the top k of a
+  sample of the features gives each row a threshold; one fused tiled matmul over the other
+  features appends only the entries above it to a small per-row buffer; an exact top k of
+  those candidates; an exact recomputation of the rare rows whose buffer overflowed or that
+  tie at the threshold (one host sync per eager call; under CUDA-graph capture those rows are
+  only counted).
+- ``path="running"``: the running-list kernels below (graph-safe, no host sync, exact for every
+  row). Measured on the H100 at d = 2304, T = 4096 / 16384: 9-12x the bare matrix product
+  (benchmarks/results/sae-encode-topk-*-194030.jsonl): the per-tile merge dominates. Also the
+  candidate path's fallback.
 
-Running-list kernels (the default, and the candidate path's fallback): ``_encode_kernel``
+Running-list kernels (the candidate path's fallback): ``_encode_kernel``
 (grid [row blocks, F slices]) computes tiles with tl.dot, packs each pre-activation into a 64-bit
 key (value bits made order-preserving in the high word, ``2^32 - 1 - index`` in the low word: one
 signed compare orders by value, then by lower index), and merges each tile into a running
@@ -27,10 +26,10 @@ with keys of inactive features masked out and active features counted.
 
 Floor: 2*T*d*F FLOPs (bf16 tensor cores, ~800 TFLOP/s measured on H100) at prefill: T = 4096,
 d = 4096, F = 65536: 2.2 TFLOP -> ~2.7 ms; reading W_enc (d*F elements) at decode sizes.
-Extra memory: candidates (C*8 bytes per row, C = 1856 at k = 64) and the sample's [rows, F/16]
-pre-activations, per chunk of rows sized to stay under 5% of the bf16 [T, F] matrix: F = 65536
-takes 4 chunks at any T >= 4096, F = 16384 takes 11 (each chunk adds a few small launches, so
-small F pays more overhead).
+Extra memory of the candidate path: per row, the candidates (C*8 bytes, C = 1792 at k = 64),
+the sample's F/16 pre-activations (4 bytes each) and x - b_dec,
+per chunk of rows sized to stay under 5% of the bf16 [T, F] matrix: d = 4096, F = 65536 takes
+chunks of 640 rows, d = 2304, F = 16384 chunks of 256 (each chunk adds a few small launches).
 """
 import torch
 import triton
@@ -239,87 +238,107 @@ def encode_select(x, W_enc, b_enc, b_dec, threshold, k, values, indices, counts=
 
 
 # ---------------------------------------------------------------------------------------------
-# Candidate path (the default): threshold, fused matmul + append, exact selection, fallback.
+# Candidate path (the default): sample, fused matmul + append, exact selection, fallback.
 #
-# 1. theta[t]: the exact k-th largest pre-activation of row t over a sample of the features (the
-#    first F/16 columns; plain matmul + torch.topk). JumpReLU: theta is the per-feature threshold.
-# 2. _candidate_kernel: a plain tiled matmul (grouped tile order for L2 reuse of W_enc, tl.dot in
-#    the input dtype with fp32 accumulate); its epilogue keeps the tile entries >= theta[t]
-#    (JumpReLU: > threshold[f]) and appends them (fp32 value, int32 index) to row t's buffer of
-#    C slots: one atomic add per row and tile reserves the slots, a cumsum ranks them.
-# 3. _select_kernel: the exact top-k of each row's candidates, packed into keys and merged like
-#    the running lists above (over only the row's count of candidates), then unpacked.
-# 4. Correctness: if at least k keys are >= theta, the k-th largest value is >= theta, so all of
-#    the top k are candidates. Rows with fewer than k candidates (theta from a sample computed
-#    with other rounding) or more than C (buffer full; JumpReLU: more active features than C) are
-#    recomputed exactly by encode_select. In eager calls this syncs once to find them; under
-#    CUDA-graph capture it cannot, so those rows are only counted (STATS["fallback_rows"]).
-# Floor: 2*T*d*F FLOPs; the sample adds F/16 of that plus a small top-k. Extra memory: the
-# candidate keys (C*8 bytes per row) and the sample for a chunk of rows, with chunks of rows
-# sized to stay under 5% of the bf16 [T, F] matrix.
+# Per chunk of rows (xs = x - b_dec, rounded to W_enc's dtype as the running kernels do):
+# 1. The sample: _candidate_kernel (MODE_STORE) writes the float32 pre-activations of the first
+#    n_s features; torch.topk of them gives each row's top k of the sample, and theta[t], the
+#    k-th largest, computed by the same kernel arithmetic as every other pre-activation.
+# 2. The rest: _candidate_kernel (MODE_APPEND) over features n_s..F, a plain tiled matmul
+#    (grouped tile order for L2 reuse of W_enc, tl.dot in the input dtype with fp32 accumulate)
+#    whose epilogue appends the entries >= theta[t] (JumpReLU: > threshold[f], over all F; no
+#    sample) as (fp32 value, int32 index) to row t's buffer of C slots, after the sample's k.
+# 3. _select_kernel: the exact top k of each row's candidates, packed into keys and merged like
+#    the running lists above, then unpacked.
+# 4. Exactness: an entry of the row's true top k is either in the sample, then among the
+#    sample's top k, or outside it, then >= the k-th largest overall >= theta: a candidate. Two
+#    cases break this and are recomputed exactly by encode_select: a row whose buffer overflowed
+#    (more than C candidates; JumpReLU: more active features than C), and a row with a tie at
+#    theta inside the sample (torch.topk may have kept a higher index of equal value). Eager
+#    calls sync once to find them; under CUDA-graph capture those rows are only counted
+#    (STATS["fallback_rows"] does not see them).
+# Floor: 2*T*d*F FLOPs; the sample's matmul is part of it (its columns are not recomputed).
+# Extra memory per row: the sample (n_s * 4 bytes), the candidates (C * 8), xs (d * 2); chunks
+# of rows keep it under 5% of the bf16 [T, F] matrix.
 # ---------------------------------------------------------------------------------------------
 
-SAMPLE_FRACTION = 16  # theta from the first F / 16 features
+SAMPLE_FRACTION = 16  # the sample: the first F / 16 features
 STATS = {"fallback_rows": 0, "calls": 0}  # eager: host ints; under capture: rows not recomputed unknown
+MODE_STORE, MODE_APPEND, MODE_MATMUL = 0, 1, 2  # MODE_MATMUL: the bare matmul (benchmark breakdown)
 
 
 @triton.jit
-def _candidate_kernel(x_ptr, w_ptr, b_enc_ptr, b_dec_ptr, theta_ptr, cand_v_ptr, cand_i_ptr, cnt_ptr,
-                      T, d, F, C, stride_xt, stride_wk, stride_wf,
-                      HAS_B_DEC: tl.constexpr, JUMP: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr,
+def _candidate_kernel(x_ptr, w_ptr, b_enc_ptr, theta_ptr, pre_ptr, cand_v_ptr, cand_i_ptr, cnt_ptr,
+                      T, d, F0, NF, C, stride_xt, stride_wk, stride_wf, stride_pt,
+                      MODE: tl.constexpr, JUMP: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr,
+                      ATOMIC_APPEND: tl.constexpr,
                       BT: tl.constexpr, BF: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr):
+    """Tiles of pre = x @ W_enc[:, F0:F0+NF] + b_enc over the launch's NF features."""
     # grouped order: GROUP consecutive programs share a W_enc column tile (hot in L2)
     pid = tl.program_id(0)
     n_t = tl.cdiv(T, BT)
-    n_f = tl.cdiv(F, BF)
+    n_f = tl.cdiv(NF, BF)
     per_group = GROUP * n_f
     first = (pid // per_group) * GROUP
     size = tl.minimum(n_t - first, GROUP)
     pid_t = first + (pid % per_group) % size
     pid_f = (pid % per_group) // size
     rows = pid_t * BT + tl.arange(0, BT)
-    cols = pid_f * BF + tl.arange(0, BF)
+    lcols = pid_f * BF + tl.arange(0, BF)  # column within the launch
+    cols = F0 + lcols  # feature index
     row_ok = rows < T
-    col_ok = cols < F
+    col_ok = lcols < NF
     kk = tl.arange(0, BK)
-    # row / column indices clamped in bounds: loads need a mask only along d (none when BK | d)
-    xp = x_ptr + tl.where(row_ok, rows, 0).to(tl.int64)[:, None] * stride_xt + kk[None, :]
-    wp = w_ptr + tl.where(col_ok, cols, 0).to(tl.int64)[None, :] * stride_wf + kk.to(tl.int64)[:, None] * stride_wk
+    # out-of-range rows / columns wrap around to valid ones (their results are masked off), so
+    # loads need a mask only along d; the hints keep them vectorized (without them the W_enc
+    # loads were scalar and the kernel ran at 1/17 of the matmul rate on the H100)
+    rows_c = tl.max_contiguous(tl.multiple_of(rows % T, BT), BT)
+    cols_c = F0 + tl.max_contiguous(tl.multiple_of(lcols % NF, BF), BF)
+    xp = x_ptr + rows_c.to(tl.int64)[:, None] * stride_xt + kk[None, :]
+    wp = w_ptr + cols_c.to(tl.int64)[None, :] * stride_wf + kk.to(tl.int64)[:, None] * stride_wk
     acc = tl.zeros([BT, BF], tl.float32)
     for k0 in range(0, d, BK):
-        ks = k0 + kk
-        k_ok = ks < d
         if EVEN_K:
             xt = tl.load(xp)
             wt = tl.load(wp)
         else:
+            k_ok = (k0 + kk) < d
             xt = tl.load(xp, mask=k_ok[None, :], other=0.0)
             wt = tl.load(wp, mask=k_ok[:, None], other=0.0)
         xp += BK
         wp += BK * stride_wk
-        if HAS_B_DEC:
-            bd = tl.load(b_dec_ptr + ks, mask=k_ok, other=0.0)
-            xt = xt.to(tl.float32) - bd.to(tl.float32)[None, :]
         if IEEE:
             acc = tl.dot(xt.to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
         else:
-            acc = tl.dot(xt.to(wt.dtype), wt, acc)
+            acc = tl.dot(xt, wt, acc)
     pre = acc + tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if JUMP:
-        thr = tl.load(theta_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        keep = pre > thr[None, :]
+    ok = row_ok[:, None] & col_ok[None, :]
+    if MODE == 0:  # the sample: store it
+        tl.store(pre_ptr + rows.to(tl.int64)[:, None] * stride_pt + lcols[None, :], pre, mask=ok)
+    elif MODE == 2:  # the bare matmul: keep one value per row so the product is not dead code
+        tl.store(cnt_ptr + rows, tl.max(pre, axis=1).to(tl.int32), mask=row_ok & (pid_f == 0))
     else:
-        theta = tl.load(theta_ptr + rows, mask=row_ok, other=0.0)
-        keep = pre >= theta[:, None]
-    keep = keep & row_ok[:, None] & col_ok[None, :]
-    n_row = tl.sum(keep.to(tl.int32), axis=1)
-    if tl.max(n_row, axis=0) > 0:  # most tiles of a row hold a few candidates; some none
-        base = tl.atomic_add(cnt_ptr + rows, n_row, mask=n_row > 0, sem="relaxed")
-        pos = base[:, None] + tl.cumsum(keep.to(tl.int32), axis=1) - 1
-        ok = keep & (pos < C)
-        at = rows.to(tl.int64)[:, None] * C + pos
-        tl.store(cand_v_ptr + at, pre, mask=ok)  # value and index apart: no 64-bit tile in registers
-        tl.store(cand_i_ptr + at, cols[None, :], mask=ok)
+        if JUMP:
+            thr = tl.load(theta_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            keep = (pre > thr[None, :]) & ok
+        else:
+            theta = tl.load(theta_ptr + rows, mask=row_ok, other=0.0)
+            keep = (pre >= theta[:, None]) & ok
+        if ATOMIC_APPEND:  # one atomic slot reservation per kept entry
+            slot = tl.atomic_add(cnt_ptr + rows[:, None] + 0 * lcols[None, :], 1, mask=keep, sem="relaxed")
+            put = keep & (slot < C)
+            at = rows.to(tl.int64)[:, None] * C + slot
+            tl.store(cand_v_ptr + at, pre, mask=put)
+            tl.store(cand_i_ptr + at, cols[None, :], mask=put)
+        else:  # one atomic per row reserves the row's slots, a cumsum ranks the kept entries
+            n_row = tl.sum(keep.to(tl.int32), axis=1)
+            if tl.max(n_row, axis=0) > 0:  # most tiles of a row hold a few candidates; some none
+                base = tl.atomic_add(cnt_ptr + rows, n_row, mask=n_row > 0, sem="relaxed")
+                pos = base[:, None] + tl.cumsum(keep.to(tl.int32), axis=1) - 1
+                put = keep & (pos < C)
+                at = rows.to(tl.int64)[:, None] * C + pos
+                tl.store(cand_v_ptr + at, pre, mask=put)  # value and index apart: no 64-bit tile
+                tl.store(cand_i_ptr + at, cols[None, :], mask=put)
 
 
 @triton.jit
@@ -346,53 +365,101 @@ def _select_kernel(cand_v_ptr, cand_i_ptr, cnt_ptr, val_ptr, idx_ptr, counts_ptr
                      JUMP)
 
 
-def candidate_config(T: int, d: int, F: int, k: int, jump: bool, capacity=None, chunk=None, fp32=False):
-    """(n_sample, C, rows per chunk, (BT, BF, BK, GROUP, warps, stages)) of the candidate path.
+# fused-matmul tiles (BT, BF, BK, GROUP, num_warps, num_stages, ATOMIC_APPEND): the default at
+# T > 64 (first), and those the benchmark sweeps at T >= 4096
+SWEEP = [(128, 128, 64, 16, 8, 5, True), (128, 128, 64, 16, 8, 5, False), (128, 128, 64, 16, 8, 3, True),
+         (128, 256, 64, 16, 8, 3, True), (256, 128, 64, 16, 8, 3, True)]
 
-    C: the expected number of candidates E = k * F / n_sample plus 6 standard deviations (the
-    count's relative spread is about 1 / sqrt(k)): E * (1 + 6 / sqrt(k)), a multiple of 64
-    (k = 64: 1792); JumpReLU: 2 x capacity, at least 256. Chunks of rows (multiples of 128) keep
-    C*8 bytes per row plus the sample under 5% of the bf16 [T, F] matrix.
-    GPU tiles: 128 x 128 x 64, 8 warps, 4 stages for 16-bit inputs (H100: 128 KiB of shared
-    memory for the pipeline); 64 x 64 tiles for T <= 64; fp32 inputs: BK = 32, 3 stages.
-    Interpreter: one tile where possible.
+
+def candidate_config(T: int, d: int, F: int, k: int, jump: bool, capacity=None, chunk=None, fp32=False,
+                     shifted=True):
+    """(n_s, C, rows per chunk, (BT, BF, BK, GROUP, warps, stages, ATOMIC_APPEND)).
+
+    n_s: F / 16 rounded down to a multiple of 256 (every tile width divides it; at least k; F
+    when that leaves nothing); JumpReLU: 0 (no sample). C: the sample's k plus the expected
+    count of candidates beyond it, E = k * (F - n_s) / n_s, plus 6 standard deviations (the
+    count's relative spread is about 1 / sqrt(k)): k + E * (1 + 6 / sqrt(k)), a multiple of 64
+    (k = 64, F = 65536: 1792); JumpReLU: 2 x capacity, at least 256. Chunks of rows (multiples
+    of 128) keep the extra memory per row under 5% of the bf16 [T, F] matrix.
+    GPU tiles: SWEEP[0] (128 x 128 x 64, 8 warps, 5 stages, an atomic per appended entry: the best
+    of the sweep on the H100, sae-encode-topk-*-214824.jsonl); 64 x 64
+    for T <= 64; fp32 inputs: BK = 32, 3 stages. Interpreter: one tile where possible.
     """
-    n_sample = F if jump else min(F, max(4 * k, F // SAMPLE_FRACTION))
+    if jump:
+        n_s = 0
+    else:
+        n_s = F // SAMPLE_FRACTION // 256 * 256
+        n_s = F if n_s < max(k, 256) or n_s >= F else n_s
     if capacity is None:
         if jump:
             capacity = max(256, triton.next_power_of_2(2 * k))
         else:
-            expected = k * F / n_sample
-            capacity = min(triton.cdiv(F, 64) * 64, triton.cdiv(int(expected * (1 + 6 / k ** 0.5)) + 1, 64) * 64)
-    per_row = capacity * 8 + 8 + (0 if jump else n_sample * 2)
+            expected = k * (F - n_s) / n_s
+            capacity = k + int(expected * (1 + 6 / k ** 0.5)) + 1
+            capacity = min(triton.cdiv(F, 64) * 64, triton.cdiv(capacity, 64) * 64)
+    per_row = capacity * 8 + 8 + n_s * 4 + k * 24 + (d * 6 if shifted else 0)  # see the module doc
     if chunk is None:
         budget = MEMORY_FRACTION * 2 * T * F
         chunk = T if per_row * T <= budget else max(128, int(budget // per_row) // 128 * 128)
     chunk = max(1, min(chunk, T))
     if interpreting():
         tiles = (max(16, min(64, triton.next_power_of_2(T))), max(16, min(256, triton.next_power_of_2(F))),
-                 max(16, min(256, triton.next_power_of_2(d))), 8, 4, 1)
+                 max(16, min(256, triton.next_power_of_2(d))), 8, 4, 1, False)
+    elif fp32:
+        tiles = (64, 64, 32, 8, 4, 3, False) if T <= 64 else (128, 128, 32, 8, 8, 3, False)
     else:
-        small = T <= 64
-        bk, stages = (32, 3) if fp32 else (64, 4)
-        tiles = (64, 64, bk, 8, 4, stages) if small else (128, 128, bk, 8, 8, stages)
-    return n_sample, capacity, chunk, tiles
+        tiles = (64, 64, 64, 8, 4, 4, False) if T <= 64 else SWEEP[0]
+    return n_s, capacity, chunk, tiles
 
 
-def _select(x, W_enc, b_enc, b_dec, theta, k, jump, C, tiles, values, indices, counts, overflow):
-    """Steps 2-3 for the rows of x (one chunk); returns the per-row candidate counts."""
+def _launch(xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, F0, NF, C, mode, jump, tiles):
+    T, d = xs.shape
+    bt, bf, bk, group, warps, stages, atomic = tiles
+    grid = (triton.cdiv(T, bt) * triton.cdiv(NF, bf),)
+    _candidate_kernel[grid](
+        xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, T, d, F0, NF, C,
+        xs.stride(0), W_enc.stride(0), W_enc.stride(1), pre.stride(0), MODE=mode, JUMP=jump,
+        IEEE=torch.float32 in (xs.dtype, W_enc.dtype), EVEN_K=d % bk == 0, ATOMIC_APPEND=atomic,
+        BT=bt, BF=bf, BK=bk, GROUP=group, num_warps=warps, num_stages=stages)
+
+
+def _shifted(x, W_enc, b_dec):
+    """x - b_dec in W_enc's dtype, unit column stride (the subtraction rounds once, as the
+    running kernels' does, when x and b_dec have W_enc's dtype)."""
+    if b_dec is None:
+        return x.to(W_enc.dtype).contiguous() if x.dtype != W_enc.dtype or x.stride(1) != 1 else x
+    if x.dtype == b_dec.dtype == W_enc.dtype:
+        return torch.sub(x, b_dec)
+    return (x.float() - b_dec.float()).to(W_enc.dtype)
+
+
+def _chunk(x, W_enc, b_enc, b_dec, threshold, k, n_s, C, tiles, values, indices, counts, overflow):
+    """Steps 1-3 for the rows of x (one chunk); returns the rows to recompute (bool [T])."""
     T, d = x.shape
     F = W_enc.shape[1]
-    bt, bf, bk, group, warps, stages = tiles
+    jump = threshold is not None
+    xs = _shifted(x, W_enc, b_dec)
     cand_v = torch.empty((T, C), device=x.device, dtype=torch.float32)
     cand_i = torch.empty((T, C), device=x.device, dtype=torch.int32)
-    cnt = torch.zeros((T,), device=x.device, dtype=torch.int32)
-    ieee = torch.float32 in (x.dtype, W_enc.dtype)
-    grid = (triton.cdiv(T, bt) * triton.cdiv(F, bf),)
-    _candidate_kernel[grid](
-        x, W_enc, b_enc, b_dec if b_dec is not None else b_enc, theta, cand_v, cand_i, cnt, T, d, F, C,
-        x.stride(0), W_enc.stride(0), W_enc.stride(1), HAS_B_DEC=b_dec is not None, JUMP=jump, IEEE=ieee,
-        EVEN_K=d % bk == 0, BT=bt, BF=bf, BK=bk, GROUP=group, num_warps=warps, num_stages=stages)
+    if jump:
+        cnt = torch.zeros((T,), device=x.device, dtype=torch.int32)
+        _launch(xs, W_enc, b_enc, threshold, cand_v, cand_v, cand_i, cnt, 0, F, C, MODE_APPEND, True, tiles)
+        bad = cnt > C
+    else:
+        pre = torch.empty((T, n_s), device=x.device, dtype=torch.float32)
+        _launch(xs, W_enc, b_enc, b_enc, pre, cand_v, cand_i, b_enc, 0, n_s, C, MODE_STORE, False, tiles)
+        kk = min(k + 1, n_s)  # one more than k: a tie at theta shows as equal k-th and (k+1)-th
+        top_v, top_i = torch.topk(pre, kk, dim=1)
+        del pre
+        theta = top_v[:, k - 1].contiguous()
+        ties = (top_v[:, k] == theta) if kk > k else torch.zeros_like(theta, dtype=torch.bool)
+        top_v, top_i = top_v[:, :k], top_i[:, :k]
+        cand_v[:, :k] = top_v
+        cand_i[:, :k] = top_i
+        cnt = torch.full((T,), k, device=x.device, dtype=torch.int32)
+        if n_s < F:
+            _launch(xs, W_enc, b_enc, theta, cand_v, cand_v, cand_i, cnt, n_s, F - n_s, C, MODE_APPEND, False, tiles)
+        bad = ties | (cnt > C)
     kw = max(16, triton.next_power_of_2(k))
     sbt = 4 if kw >= 128 else 8
     if interpreting():
@@ -400,18 +467,17 @@ def _select(x, W_enc, b_enc, b_dec, theta, k, jump, C, tiles, values, indices, c
     _select_kernel[(triton.cdiv(T, sbt),)](
         cand_v, cand_i, cnt, values, indices, counts if jump else indices, overflow if jump else indices, T, C, k,
         values.stride(0), indices.stride(0), JUMP=jump, SORT_NET=not interpreting(), BT=sbt, KW=kw, num_warps=4)
-    return cnt
+    return bad
 
 
-def _theta(x, W_enc, b_enc, b_dec, k, n_sample):
-    """The k-th largest pre-activation of each row over the first n_sample features (float32),
-    lowered by a little more than the rounding of the sample's matmul (it rounds to W_enc's dtype
-    and sums in another order than the kernel): a lower theta only adds a few candidates."""
-    xs = x if b_dec is None else x - b_dec
-    pre = torch.addmm(b_enc[:n_sample].to(W_enc.dtype), xs.to(W_enc.dtype), W_enc[:, :n_sample])
-    v = torch.topk(pre, k, dim=1, sorted=False).values.amin(dim=1).float()
-    eps = 1e-5 if pre.dtype == torch.float32 else 2.0 ** -6
-    return v - (v.abs() * eps + 1e-6)
+def matmul_only(x, W_enc, b_enc, tiles=None):
+    """The fused kernel's bare matmul (no epilogue work): the benchmark's breakdown."""
+    T, d = x.shape
+    F = W_enc.shape[1]
+    tiles = tiles or candidate_config(T, d, F, 64, False)[3]
+    sink = torch.empty((T,), device=x.device, dtype=torch.int32)
+    _launch(x, W_enc, b_enc, b_enc, sink, sink, sink, sink, 0, F, 1, MODE_MATMUL, False, tiles)
+    return sink
 
 
 def _capturing(x) -> bool:
@@ -427,16 +493,14 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
         return
     jump = threshold is not None
     fp32 = torch.float32 in (x.dtype, W_enc.dtype)
-    n_sample, C, chunk, default_tiles = candidate_config(T, d, F, k, jump, capacity, chunk, fp32)
+    shifted = b_dec is not None or x.dtype != W_enc.dtype or x.stride(1) != 1
+    n_s, C, chunk, default_tiles = candidate_config(T, d, F, k, jump, capacity, chunk, fp32, shifted)
     tiles = tiles or default_tiles
     bad = []
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
-        xc = x[t0:t1]
-        theta = threshold if jump else _theta(xc, W_enc, b_enc, b_dec, k, n_sample)
-        cnt = _select(xc, W_enc, b_enc, b_dec, theta, k, jump, C, tiles, values[t0:t1], indices[t0:t1],
-                      counts[t0:t1] if jump else None, overflow[t0:t1] if jump else None)
-        bad.append((cnt > C) if jump else (cnt < k) | (cnt > C))
+        bad.append(_chunk(x[t0:t1], W_enc, b_enc, b_dec, threshold, k, n_s, C, tiles, values[t0:t1],
+                          indices[t0:t1], counts[t0:t1] if jump else None, overflow[t0:t1] if jump else None))
     STATS["calls"] += 1
     if _capturing(x):  # no host sync under capture: flagged rows keep the candidate result
         return
@@ -455,7 +519,7 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
             counts[rows], overflow[rows] = c, o
 
 
-DEFAULT_PATH = "running"  # see the module docstring for the measurements behind this choice
+DEFAULT_PATH = "candidates"  # see the module docstring for the measurements behind this choice
 
 
 def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, capacity=None, chunk=None,
@@ -464,7 +528,8 @@ def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, cap
     (contiguous); writes values [T, k] and indices [T, k] int64 (unit column stride).
     ``slices``: use the exact running-list kernels with that many F slices (tests);
     ``capacity`` / ``chunk``: candidate slots per row / rows per chunk (tests); ``tiles``:
-    (BT, BF, BK, GROUP, num_warps, num_stages) of the fused matmul (benchmark sweeps); any of
+    (BT, BF, BK, GROUP, num_warps, num_stages, ATOMIC_APPEND) of the fused matmul (benchmark
+    sweeps); any of
     these three selects the candidate path. ``path``: "running" or "candidates" (default
     DEFAULT_PATH)."""
     if path is None:
@@ -475,6 +540,3 @@ def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, cap
         encode_candidates(x, W_enc, b_enc, b_dec, None, k, values, indices, capacity=capacity, chunk=chunk,
                           tiles=tiles)
 
-
-# fused-matmul tiles the benchmark sweeps at T >= 4096 (BT, BF, BK, GROUP, num_warps, num_stages)
-SWEEP = [(128, 128, 64, 8, 8, 4), (128, 256, 64, 8, 8, 3), (128, 128, 64, 8, 4, 4), (256, 128, 64, 8, 8, 3)]

@@ -212,6 +212,23 @@ def test_choose_greedy_rows_and_noise_are_pure_functions():
     assert b[1] == b[2]  # same seed, position and logits: same token
 
 
+@pytest.mark.parametrize("V", [50, 4095, 4096, 128256, 151937])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_rows_equals_argmax_first_index_on_ties(V, dtype):
+    """The two-stage argmax of the decode step equals torch.argmax, the first index of the
+    maximum, also on ties across chunks, rows of equal values and -inf rows."""
+    from steerkit.integrations.engine import argmax_rows
+
+    x = torch.randn(6, V).to(dtype)
+    x[1, V // 3] = x[1, V - 1] = x[1, V // 2] = 50.0  # ties in different chunks
+    x[2] = 0.0
+    x[3] = float("-inf")
+    x[4, V - 1] = 1e4  # the last entry, inside the padded last chunk
+    assert torch.equal(argmax_rows(x), x.argmax(-1))
+    f = torch.compile(argmax_rows, fullgraph=True, backend="eager")
+    assert torch.equal(f(x), x.argmax(-1))
+
+
 def test_compiled_step_fullgraph_no_recompile_when_steering_changes():
     from torch._dynamo.testing import CompileCounterWithBackend
 

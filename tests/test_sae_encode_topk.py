@@ -152,20 +152,41 @@ def test_candidates_chunks_and_overflow_fallback(capacity, chunk):
         assert M.STATS["fallback_rows"] > before
 
 
-def test_candidates_theta_too_high_fallback(monkeypatch):
-    """A theta above the true k-th value leaves fewer than k candidates: those rows fall back."""
+@pytest.mark.parametrize("atomic", [False, True])
+def test_candidates_sample_and_rest(atomic):
+    """F large enough for a sample (the first F / 16 features) and a rest: both halves hold
+    top-k entries; both append epilogues (a cumsum per row, an atomic per entry); x - b_dec."""
     import steerkit.kernels as K
 
     M = _kernel_module()
-    theta = torch.linspace(0.0, 3.0, 9, device=DEVICE)  # low rows keep >= 40 candidates, high rows not
-    monkeypatch.setattr(M, "_theta", lambda x, *a: theta)
-    W_enc, b_enc, _, b_dec, _ = make_sae(16, 300)
-    x = randn(9, 16)
-    v = torch.empty(9, 40, device=DEVICE)
-    i = torch.empty(9, 40, device=DEVICE, dtype=torch.int64)
-    before = M.STATS["fallback_rows"]
-    K.sae_encode_topk(x, W_enc, b_enc, b_dec, 40, v, i, path="candidates")
+    T, d, F, k = 37, 32, 4096, 24
+    n_s, _, _, tiles = M.candidate_config(T, d, F, k, False)
+    assert 0 < n_s < F
+    W_enc, b_enc, _, b_dec, _ = make_sae(d, F)
+    b_enc = b_enc.clone()
+    b_enc[:n_s] -= 0.5  # fewer winners in the sample: rows take most of their top k from the rest
+    x = randn(T, d)
+    v = torch.empty(T, k, device=DEVICE)
+    i = torch.empty(T, k, device=DEVICE, dtype=torch.int64)
+    K.sae_encode_topk(x, W_enc, b_enc, b_dec, k, v, i, tiles=tiles[:6] + (atomic,))
     pre = R.pre_activation(x, W_enc, b_enc, b_dec)
-    check_selection(v, i, pre, 40, torch.float32)
-    n_low = int(((pre >= theta[:, None]).sum(1) < 40).sum())
-    assert M.STATS["fallback_rows"] - before == n_low and 0 < n_low < 9
+    check_selection(v, i, pre, k, torch.float32)
+    assert bool((i < n_s).any()) and bool((i >= n_s).any())
+
+
+def test_candidates_tie_at_theta_fallback():
+    """Rows whose sample ties at its k-th value (torch.topk may keep a higher index of equal
+    value) are recomputed exactly: the result equals the reference's exact tie order."""
+    import steerkit.kernels as K
+
+    M = _kernel_module()
+    T, F, k = 11, 4096, 20
+    W_enc, b_enc = integer_sae(12, F, dup_every=2)
+    x = torch.randint(-2, 3, (T, 12), device=DEVICE).float()
+    v = torch.empty(T, k, device=DEVICE)
+    i = torch.empty(T, k, device=DEVICE, dtype=torch.int64)
+    before = M.STATS["fallback_rows"]
+    K.sae_encode_topk(x, W_enc, b_enc, None, k, v, i, path="candidates")
+    rv, ri = R.sae_encode_topk(x, W_enc, b_enc, k)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+    assert M.STATS["fallback_rows"] > before  # small integers: ties at the k-th value everywhere

@@ -7,6 +7,8 @@ stop) and reports:
 - ``tok_s``: batch * new_tokens / wall time of the whole generation (prefill included);
 - ``ms_per_token``: per-token decode latency, (T(new_tokens) - T(1)) / (new_tokens - 1), where
   T(1) is a generation of one token (the prefill); ``decode_tok_s`` = batch / ms_per_token;
+- ``replay_ms`` (engine paths, CUDA graphs): one captured decode step replayed alone, back to
+  back: the GPU's time per step without the host loop around it;
 - ``floor_ms``: the weight-read floor of one decode step (bytes of the weights over the measured
   device copy bandwidth) and ``pct_of_floor`` = floor / latency.
 
@@ -238,6 +240,23 @@ class _Shape:
             raise RuntimeError(f"model not restored: hooks on {hooked[:3]}, attention {attn!r}")
 
 
+def _replay_ms(graph, n: int = 50) -> float:
+    """Median of 3 timings of n back-to-back replays of a captured decode step, ms per replay.
+    The replays advance the slots' tokens and positions (clamped to the cache), which every
+    later prefill overwrites."""
+    out = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        graph.replay()
+        start.record()
+        for _ in range(n):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end) / n)
+    return statistics.median(out)
+
+
 def _measure(sh: _Shape, path: str, steer: str, B: int, rounds: int, timer: _Timer) -> dict:
     """Warm up (compile, capture), then time T(1) and T(new_tokens), ``rounds`` times each."""
     N = sh.new_tokens
@@ -307,7 +326,11 @@ def _measure(sh: _Shape, path: str, steer: str, B: int, rounds: int, timer: _Tim
                layers_steered=0 if steer == "unsteered" else sh.n_layers,
                dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
     if path in ENGINE_PATHS:
-        row["captures"] = sh.engine(kind, path).captures
+        eng = sh.engine(kind, path)
+        row["captures"] = eng.captures
+        graph = eng._graphs.get((next(b for b in eng.buckets if b >= B), False))
+        if graph is not None:  # the GPU time of one step alone, without the host's loop around it
+            row["replay_ms"] = _replay_ms(graph)
         row["inductor"] = ENGINE_PATHS[path] if isinstance(ENGINE_PATHS[path], str) else (
             "fast" if ENGINE_PATHS[path] is None else "default")
     return row
@@ -353,7 +376,7 @@ def run(shapes: Sequence[str] = (HEADLINE_1B, HEADLINE_8B), batches: Sequence[in
         emit(row)
         log(f"{shape:13} {path:16} {steer:15} B={B:<4} {row['tok_s']:10.0f} tok/s  decode {row['ms_per_token']:7.3f} "
             f"ms/token ({row['decode_tok_s']:9.0f} tok/s, {row['pct_of_floor']:5.1f}% of floor)  "
-            f"warm-up {row['warmup_s']:.0f} s")
+            f"warm-up {row['warmup_s']:.0f} s" + (f"  replay {row['replay_ms']:.3f} ms" if "replay_ms" in row else ""))
     if sh is not None:
         sh.close()
     return rows

@@ -113,16 +113,15 @@ class SlotCache:
         n, _, S, _ = key_states.shape
         k, v = self.keys[layer_idx], self.values[layer_idx]
         pos = self.start.view(n, 1) + self.steps[:S].view(1, S)  # [n, S]
-        if self.rows is None:
-            k, v = k[:n], v[:n]  # views: decode writes and reads the bucket's slots in place
-            rows = self.slot_ids[:n].view(n, 1).expand(n, S)
-        else:
-            rows = self.rows.view(n, 1).expand(n, S)
-        # k[rows, :, pos] is [n, S, heads, head_dim]
+        slots = self.slot_ids[:n] if self.rows is None else self.rows
+        rows = slots.view(n, 1).expand(n, S)
+        # k[rows, :, pos] is [n, S, heads, head_dim]. Written into the whole cache, never into a
+        # view of the bucket's slots: Inductor turned a write into k[:n] into a copy of the view
+        # (at 256 slots, bucket 64: 0.6 ms of a 2.7 ms H100 decode step)
         k[rows, :, pos] = key_states.transpose(1, 2).to(k.dtype)
         v[rows, :, pos] = value_states.transpose(1, 2).to(v.dtype)
         if self.rows is None:
-            return k, v
+            return k[:n], v[:n]  # decode reads the bucket's slots in place
         return k[self.rows], v[self.rows]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -152,11 +151,26 @@ def gumbel_noise(seed: torch.Tensor, pos: torch.Tensor, vocab: int) -> torch.Ten
     return -torch.log(-torch.log(u))
 
 
+def argmax_rows(x: torch.Tensor, chunks: int = 64) -> torch.Tensor:
+    """``x.argmax(-1)`` of a [B, V] tensor (the first index of each row's maximum), in two stages:
+    a whole-vocabulary argmax is one long serial reduction per row (measured on the H100 at
+    B = 64, V = 128256: 103 us of a 2.1 ms decode step); chunks of the row reduce in parallel,
+    then the first chunk holding the maximum wins (indices rise within and across chunks)."""
+    B, V = x.shape
+    if V < 64 * chunks:
+        return x.argmax(-1)
+    C = -(-V // chunks)
+    padded = F.pad(x, (0, chunks * C - V), value=float("-inf"))
+    vals, idx = padded.view(B, chunks, C).max(-1)
+    j = vals.argmax(-1, keepdim=True)
+    return (j * C + idx.gather(-1, j)).squeeze(-1)
+
+
 def choose(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seed: torch.Tensor,
            pos: torch.Tensor, sample: bool) -> torch.Tensor:
     """Next token per row from float32 logits [B, V]: argmax where temperature is 0, else a sample
     of softmax(logits / temperature) restricted to the top-p nucleus (Gumbel-max)."""
-    greedy = logits.argmax(-1)
+    greedy = argmax_rows(logits)
     if not sample:
         return greedy
     z = logits / temperature.clamp(min=1e-6).view(-1, 1)
@@ -167,7 +181,7 @@ def choose(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
     thr = torch.where(before < p, sp, torch.ones_like(sp)).amin(-1, keepdim=True)  # least kept prob
     thr = torch.where(p >= 1.0, torch.zeros_like(thr), thr)
     z = z.masked_fill(probs < thr, float("-inf"))
-    picked = (z + gumbel_noise(seed, pos, logits.shape[-1])).argmax(-1)
+    picked = argmax_rows(z + gumbel_noise(seed, pos, logits.shape[-1]))
     return torch.where(temperature > 0, picked, greedy)
 
 
@@ -573,7 +587,7 @@ class Engine:
                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]
         # greedy: argmax of the model's own logits (casting first changes no argmax, costs a pass)
-        nxt = choose(logits.float(), temp, top_p, seed, pos, True) if sample else logits.argmax(-1)
+        nxt = choose(logits.float(), temp, top_p, seed, pos, True) if sample else argmax_rows(logits)
         tok.copy_(nxt.view(B, 1))
         pos.copy_((pos + 1).clamp(max=self.cache.max_len - 1))  # a finished slot may run on: stay in bounds
 
