@@ -7,9 +7,8 @@ Two paths, both exact:
 - Default: ``path="candidates"`` (encode_candidates, described before it below): the top k of a
   sample of the features gives each row a threshold; one fused tiled matmul over the other
   features appends only the entries above it to a small per-row buffer; an exact top k of
-  those candidates; an exact recomputation of the rare rows whose buffer overflowed or that
-  tie at the threshold (one host sync per eager call; under CUDA-graph capture those rows are
-  only counted).
+  those candidates; an exact recomputation of the rare rows whose buffer overflowed (one host
+  sync per eager call; under CUDA-graph capture those rows are only counted).
 - ``path="running"``: the running-list kernels below (graph-safe, no host sync, exact for every
   row). Measured on the H100 at d = 2304, T = 4096 / 16384: 9-12x the bare matrix product
   (benchmarks/results/sae-encode-topk-*-194030.jsonl): the per-tile merge dominates. Also the
@@ -242,21 +241,20 @@ def encode_select(x, W_enc, b_enc, b_dec, threshold, k, values, indices, counts=
 #
 # Per chunk of rows (xs = x - b_dec, rounded to W_enc's dtype as the running kernels do):
 # 1. The sample: _candidate_kernel (MODE_STORE) writes the float32 pre-activations of the first
-#    n_s features; torch.topk of them gives each row's top k of the sample, and theta[t], the
-#    k-th largest, computed by the same kernel arithmetic as every other pre-activation.
+#    n_s features (the same kernel arithmetic as every other pre-activation); torch.topk gives
+#    theta[t], each row's k-th largest of them; MODE_APPEND_STORED appends the sample's entries
+#    >= theta[t] (its top k, and any entry tied with the k-th) to the row's buffer.
 # 2. The rest: _candidate_kernel (MODE_APPEND) over features n_s..F, a plain tiled matmul
 #    (grouped tile order for L2 reuse of W_enc, tl.dot in the input dtype with fp32 accumulate)
 #    whose epilogue appends the entries >= theta[t] (JumpReLU: > threshold[f], over all F; no
-#    sample) as (fp32 value, int32 index) to row t's buffer of C slots, after the sample's k.
+#    sample) as (fp32 value, int32 index) to row t's buffer of C slots.
 # 3. _select_kernel: the exact top k of each row's candidates, packed into keys and merged like
 #    the running lists above, then unpacked.
-# 4. Exactness: an entry of the row's true top k is either in the sample, then among the
-#    sample's top k, or outside it, then >= the k-th largest overall >= theta: a candidate. Two
-#    cases break this and are recomputed exactly by encode_select: a row whose buffer overflowed
-#    (more than C candidates; JumpReLU: more active features than C), and a row with a tie at
-#    theta inside the sample (torch.topk may have kept a higher index of equal value). Eager
-#    calls sync once to find them; under CUDA-graph capture those rows are only counted
-#    (STATS["fallback_rows"] does not see them).
+# 4. Exactness: an entry of the row's true top k is >= the k-th largest overall >= theta (the
+#    k-th largest of a subset): every one is a candidate, ties included. Rows whose buffer
+#    overflowed (more than C candidates; JumpReLU: more active features than C) are recomputed
+#    exactly by encode_select: eager calls sync once to find them; under CUDA-graph capture
+#    they are only counted (STATS["fallback_rows"] does not see them).
 # Floor: 2*T*d*F FLOPs; the sample's matmul is part of it (its columns are not recomputed).
 # Extra memory per row: the sample (n_s * 4 bytes), the candidates (C * 8), xs (d * 2); chunks
 # of rows keep it under 5% of the bf16 [T, F] matrix.
@@ -264,7 +262,9 @@ def encode_select(x, W_enc, b_enc, b_dec, threshold, k, values, indices, counts=
 
 SAMPLE_FRACTION = 16  # the sample: the first F / 16 features
 STATS = {"fallback_rows": 0, "calls": 0}  # eager: host ints; under capture: rows not recomputed unknown
-MODE_STORE, MODE_APPEND, MODE_MATMUL = 0, 1, 2  # MODE_MATMUL: the bare matmul (benchmark breakdown)
+# MODE_STORE: compute and store the sample; MODE_APPEND: compute and append; MODE_MATMUL: the bare
+# matmul (benchmark breakdown); MODE_APPEND_STORED: append from the stored sample (no matmul)
+MODE_STORE, MODE_APPEND, MODE_MATMUL, MODE_APPEND_STORED = 0, 1, 2, 3
 
 
 @triton.jit
@@ -297,7 +297,7 @@ def _candidate_kernel(x_ptr, w_ptr, b_enc_ptr, theta_ptr, pre_ptr, cand_v_ptr, c
     xp = x_ptr + rows_c.to(tl.int64)[:, None] * stride_xt + kk[None, :]
     wp = w_ptr + cols_c.to(tl.int64)[None, :] * stride_wf + kk.to(tl.int64)[:, None] * stride_wk
     acc = tl.zeros([BT, BF], tl.float32)
-    for k0 in range(0, d, BK):
+    for k0 in range(0, d if MODE != 3 else 0, BK):
         if EVEN_K:
             xt = tl.load(xp)
             wt = tl.load(wp)
@@ -311,8 +311,11 @@ def _candidate_kernel(x_ptr, w_ptr, b_enc_ptr, theta_ptr, pre_ptr, cand_v_ptr, c
             acc = tl.dot(xt.to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(xt, wt, acc)
-    pre = acc + tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     ok = row_ok[:, None] & col_ok[None, :]
+    if MODE == 3:  # the stored sample, appended like the rest
+        pre = tl.load(pre_ptr + rows.to(tl.int64)[:, None] * stride_pt + lcols[None, :], mask=ok, other=0.0)
+    else:
+        pre = acc + tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if MODE == 0:  # the sample: store it
         tl.store(pre_ptr + rows.to(tl.int64)[:, None] * stride_pt + lcols[None, :], pre, mask=ok)
     elif MODE == 2:  # the bare matmul: keep one value per row so the product is not dead code
@@ -448,18 +451,14 @@ def _chunk(x, W_enc, b_enc, b_dec, threshold, k, n_s, C, tiles, values, indices,
     else:
         pre = torch.empty((T, n_s), device=x.device, dtype=torch.float32)
         _launch(xs, W_enc, b_enc, b_enc, pre, cand_v, cand_i, b_enc, 0, n_s, C, MODE_STORE, False, tiles)
-        kk = min(k + 1, n_s)  # one more than k: a tie at theta shows as equal k-th and (k+1)-th
-        top_v, top_i = torch.topk(pre, kk, dim=1)
+        theta = torch.topk(pre, k, dim=1, sorted=False).values.amin(dim=1)  # the sample's k-th largest
+        cnt = torch.zeros((T,), device=x.device, dtype=torch.int32)
+        # the sample's entries >= theta: its top k and every entry tied with the k-th
+        _launch(xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, 0, n_s, C, MODE_APPEND_STORED, False, tiles)
         del pre
-        theta = top_v[:, k - 1].contiguous()
-        ties = (top_v[:, k] == theta) if kk > k else torch.zeros_like(theta, dtype=torch.bool)
-        top_v, top_i = top_v[:, :k], top_i[:, :k]
-        cand_v[:, :k] = top_v
-        cand_i[:, :k] = top_i
-        cnt = torch.full((T,), k, device=x.device, dtype=torch.int32)
         if n_s < F:
             _launch(xs, W_enc, b_enc, theta, cand_v, cand_v, cand_i, cnt, n_s, F - n_s, C, MODE_APPEND, False, tiles)
-        bad = ties | (cnt > C)
+        bad = cnt > C
     kw = max(16, triton.next_power_of_2(k))
     sbt = 4 if kw >= 128 else 8
     if interpreting():

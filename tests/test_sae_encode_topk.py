@@ -174,19 +174,26 @@ def test_candidates_sample_and_rest(atomic):
     assert bool((i < n_s).any()) and bool((i >= n_s).any())
 
 
-def test_candidates_tie_at_theta_fallback():
-    """Rows whose sample ties at its k-th value (torch.topk may keep a higher index of equal
-    value) are recomputed exactly: the result equals the reference's exact tie order."""
+@pytest.mark.parametrize("capacity", [None, 4096])
+def test_candidates_ties_at_theta_exact(capacity):
+    """Integer pre-activations tie at the sample's k-th value everywhere: every tied entry is a
+    candidate, so the exact tie order (lower index first) comes out of the candidates alone when
+    the buffer holds them all (capacity F: no row recomputed), and through the fallback of the
+    overflowing rows with the default capacity."""
     import steerkit.kernels as K
 
     M = _kernel_module()
     T, F, k = 11, 4096, 20
+    n_s = M.candidate_config(T, 12, F, k, False)[0]
     W_enc, b_enc = integer_sae(12, F, dup_every=2)
+    b_enc[:n_s] += 100.0  # the whole top k lies in the sample, which ties at its k-th value
     x = torch.randint(-2, 3, (T, 12), device=DEVICE).float()
     v = torch.empty(T, k, device=DEVICE)
     i = torch.empty(T, k, device=DEVICE, dtype=torch.int64)
     before = M.STATS["fallback_rows"]
-    K.sae_encode_topk(x, W_enc, b_enc, None, k, v, i, path="candidates")
+    K.sae_encode_topk(x, W_enc, b_enc, None, k, v, i, path="candidates", capacity=capacity)
     rv, ri = R.sae_encode_topk(x, W_enc, b_enc, k)
     assert torch.equal(i, ri) and torch.equal(v, rv)
-    assert M.STATS["fallback_rows"] > before  # small integers: ties at the k-th value everywhere
+    assert bool((ri < n_s).all())
+    if capacity == F:
+        assert M.STATS["fallback_rows"] == before
