@@ -10,7 +10,7 @@ capture they are only counted, see STATS there).
 
 Floor: as TopK encode (2*T*d*F FLOPs at prefill; reading W_enc and threshold at decode sizes).
 """
-from .sae_encode_topk import DEFAULT_PATH, encode_candidates, encode_select
+from .sae_encode_topk import default_path, encode_candidates, encode_select
 
 
 def sae_encode_jumprelu(x, W_enc, b_enc, b_dec, threshold, capacity, values, indices, counts, overflow,
@@ -19,9 +19,9 @@ def sae_encode_jumprelu(x, W_enc, b_enc, b_dec, threshold, capacity, values, ind
     [T, capacity] (unused: 0 and -1), counts and overflow [T] int32. ``slices``: the exact
     running-list kernels with that many F slices; ``buffer`` / ``chunk``: candidate slots per row
     / rows per chunk (tests), either of which selects the candidate path; ``path``: "running" or
-    "candidates" (default: sae_encode_topk.DEFAULT_PATH, the running lists; see there)."""
+    "candidates" (default: sae_encode_topk.default_path(T); see there)."""
     if path is None:
-        path = "candidates" if (buffer, chunk) != (None, None) else DEFAULT_PATH
+        path = "candidates" if (buffer, chunk) != (None, None) else default_path(x.shape[0])
     if slices is not None or path == "running":
         encode_select(x, W_enc, b_enc, b_dec, threshold, capacity, values, indices, counts, overflow, slices=slices)
     else:

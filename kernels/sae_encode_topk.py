@@ -4,13 +4,13 @@
     lower index), then ReLU.
 
 Two paths, both exact:
-- Default: ``path="candidates"`` (encode_candidates, described before it below): the top k of a
-  sample of the features gives each row a threshold; one fused tiled matmul over the other
-  features appends only the entries above it to a small per-row buffer; an exact top k of
-  those candidates; an exact recomputation of the rare rows whose buffer overflowed (one host
-  sync per eager call; under CUDA-graph capture those rows are only counted).
-- ``path="running"``: the running-list kernels below (graph-safe, no host sync, exact for every
-  row). Measured on the H100 at d = 2304, T = 4096 / 16384: 9-12x the bare matrix product
+- ``path="candidates"``, the default for T > 64 (encode_candidates, described before it below):
+  the top k of a sample of the features gives each row a threshold; one fused tiled matmul over
+  the other features appends only the entries above it to a small per-row buffer; an exact top
+  k of those candidates; an exact recomputation of the rare rows whose buffer overflowed (one
+  host sync per eager call; under CUDA-graph capture those rows are only counted).
+- ``path="running"``, the default for T <= 64: the running-list kernels below (graph-safe, no
+  host sync, exact for every row). Measured on the H100 at d = 2304, T = 4096 / 16384: 9-12x the bare matrix product
   (benchmarks/results/sae-encode-topk-*-194030.jsonl): the per-tile merge dominates. Also the
   candidate path's fallback.
 
@@ -518,7 +518,12 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
             counts[rows], overflow[rows] = c, o
 
 
-DEFAULT_PATH = "candidates"  # see the module docstring for the measurements behind this choice
+DEFAULT_PATH = "candidates"  # for T > SMALL_T: see the module docstring for the measurements
+SMALL_T = 64  # at decode sizes the running lists: two launches, no host sync, exact under capture
+
+
+def default_path(T: int) -> str:
+    return "running" if T <= SMALL_T else DEFAULT_PATH
 
 
 def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, capacity=None, chunk=None,
@@ -528,11 +533,10 @@ def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, cap
     ``slices``: use the exact running-list kernels with that many F slices (tests);
     ``capacity`` / ``chunk``: candidate slots per row / rows per chunk (tests); ``tiles``:
     (BT, BF, BK, GROUP, num_warps, num_stages, ATOMIC_APPEND) of the fused matmul (benchmark
-    sweeps); any of
-    these three selects the candidate path. ``path``: "running" or "candidates" (default
-    DEFAULT_PATH)."""
+    sweeps); any of these three selects the candidate path. ``path``: "running" or "candidates"
+    (default: ``default_path(T)``)."""
     if path is None:
-        path = "candidates" if (capacity, chunk, tiles) != (None, None, None) else DEFAULT_PATH
+        path = "candidates" if (capacity, chunk, tiles) != (None, None, None) else default_path(x.shape[0])
     if slices is not None or path == "running":
         encode_select(x, W_enc, b_enc, b_dec, None, k, values, indices, slices=slices)
     else:
