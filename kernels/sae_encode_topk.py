@@ -271,9 +271,10 @@ MODE_STORE, MODE_APPEND, MODE_MATMUL, MODE_APPEND_STORED = 0, 1, 2, 3
 def _candidate_kernel(x_ptr, w_ptr, b_enc_ptr, theta_ptr, pre_ptr, cand_v_ptr, cand_i_ptr, cnt_ptr,
                       T, d, F0, NF, C, stride_xt, stride_wk, stride_wf, stride_pt,
                       MODE: tl.constexpr, JUMP: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr,
-                      ATOMIC_APPEND: tl.constexpr,
+                      ATOMIC_APPEND: tl.constexpr, TMA: tl.constexpr,
                       BT: tl.constexpr, BF: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr):
-    """Tiles of pre = x @ W_enc[:, F0:F0+NF] + b_enc over the launch's NF features."""
+    """Tiles of pre = x @ W_enc[:, F0:F0+NF] + b_enc over the launch's NF features. TMA: x_ptr
+    and w_ptr are tensor descriptors ([BT, BK] and [BK, BF] blocks, zero outside the tensors)."""
     # grouped order: GROUP consecutive programs share a W_enc column tile (hot in L2)
     pid = tl.program_id(0)
     n_t = tl.cdiv(T, BT)
@@ -289,28 +290,34 @@ def _candidate_kernel(x_ptr, w_ptr, b_enc_ptr, theta_ptr, pre_ptr, cand_v_ptr, c
     row_ok = rows < T
     col_ok = lcols < NF
     kk = tl.arange(0, BK)
-    # out-of-range rows / columns wrap around to valid ones (their results are masked off), so
-    # loads need a mask only along d; the hints keep them vectorized (without them the W_enc
-    # loads were scalar and the kernel ran at 1/17 of the matmul rate on the H100)
-    rows_c = tl.max_contiguous(tl.multiple_of(rows % T, BT), BT)
-    cols_c = F0 + tl.max_contiguous(tl.multiple_of(lcols % NF, BF), BF)
-    xp = x_ptr + rows_c.to(tl.int64)[:, None] * stride_xt + kk[None, :]
-    wp = w_ptr + cols_c.to(tl.int64)[None, :] * stride_wf + kk.to(tl.int64)[:, None] * stride_wk
     acc = tl.zeros([BT, BF], tl.float32)
-    for k0 in range(0, d if MODE != 3 else 0, BK):
-        if EVEN_K:
-            xt = tl.load(xp)
-            wt = tl.load(wp)
-        else:
-            k_ok = (k0 + kk) < d
-            xt = tl.load(xp, mask=k_ok[None, :], other=0.0)
-            wt = tl.load(wp, mask=k_ok[:, None], other=0.0)
-        xp += BK
-        wp += BK * stride_wk
-        if IEEE:
-            acc = tl.dot(xt.to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
-        else:
+    if TMA:  # bulk copies by the tensor-memory accelerator (Hopper); no index arithmetic
+        for k0 in range(0, d if MODE != 3 else 0, BK):
+            xt = x_ptr.load([pid_t * BT, k0])
+            wt = w_ptr.load([k0, F0 + pid_f * BF])
             acc = tl.dot(xt, wt, acc)
+    else:
+        # out-of-range rows / columns wrap around to valid ones (their results are masked off),
+        # so loads need a mask only along d; the hints keep them vectorized (without them the
+        # W_enc loads were scalar and the kernel ran at 1/17 of the matmul rate on the H100)
+        rows_c = tl.max_contiguous(tl.multiple_of(rows % T, BT), BT)
+        cols_c = F0 + tl.max_contiguous(tl.multiple_of(lcols % NF, BF), BF)
+        xp = x_ptr + rows_c.to(tl.int64)[:, None] * stride_xt + kk[None, :]
+        wp = w_ptr + cols_c.to(tl.int64)[None, :] * stride_wf + kk.to(tl.int64)[:, None] * stride_wk
+        for k0 in range(0, d if MODE != 3 else 0, BK):
+            if EVEN_K:
+                xt = tl.load(xp)
+                wt = tl.load(wp)
+            else:
+                k_ok = (k0 + kk) < d
+                xt = tl.load(xp, mask=k_ok[None, :], other=0.0)
+                wt = tl.load(wp, mask=k_ok[:, None], other=0.0)
+            xp += BK
+            wp += BK * stride_wk
+            if IEEE:
+                acc = tl.dot(xt.to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xt, wt, acc)
     ok = row_ok[:, None] & col_ok[None, :]
     if MODE == 3:  # the stored sample, appended like the rest
         pre = tl.load(pre_ptr + rows.to(tl.int64)[:, None] * stride_pt + lcols[None, :], mask=ok, other=0.0)
@@ -370,13 +377,15 @@ def _select_kernel(cand_v_ptr, cand_i_ptr, cnt_ptr, val_ptr, idx_ptr, counts_ptr
 
 # fused-matmul tiles (BT, BF, BK, GROUP, num_warps, num_stages, ATOMIC_APPEND): the default at
 # T > 64 (first), and those the benchmark sweeps at T >= 4096
+# (an 8th entry True: loads through TMA tensor descriptors, Hopper and 16-bit inputs only; not
+# measured on a GPU yet, so not the default)
 SWEEP = [(128, 128, 64, 16, 8, 5, True), (128, 128, 64, 16, 8, 5, False), (128, 128, 64, 16, 8, 3, True),
-         (128, 256, 64, 16, 8, 3, True), (256, 128, 64, 16, 8, 3, True)]
+         (128, 256, 64, 16, 8, 3, True), (128, 128, 64, 16, 8, 4, True, True), (128, 256, 64, 16, 8, 3, True, True)]
 
 
 def candidate_config(T: int, d: int, F: int, k: int, jump: bool, capacity=None, chunk=None, fp32=False,
                      shifted=True):
-    """(n_s, C, rows per chunk, (BT, BF, BK, GROUP, warps, stages, ATOMIC_APPEND)).
+    """(n_s, C, rows per chunk, (BT, BF, BK, GROUP, warps, stages, ATOMIC_APPEND[, TMA])).
 
     n_s: F / 16 rounded down to a multiple of 256 (every tile width divides it; at least k; F
     when that leaves nothing); JumpReLU: 0 (no sample). C: the sample's k plus the expected
@@ -417,13 +426,31 @@ def candidate_config(T: int, d: int, F: int, k: int, jump: bool, capacity=None, 
 
 def _launch(xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, F0, NF, C, mode, jump, tiles):
     T, d = xs.shape
-    bt, bf, bk, group, warps, stages, atomic = tiles
+    bt, bf, bk, group, warps, stages, atomic = tiles[:7]
     grid = (triton.cdiv(T, bt) * triton.cdiv(NF, bf),)
+    x_arg, w_arg = xs, W_enc
+    tma = len(tiles) > 7 and tiles[7] and mode != MODE_APPEND_STORED and _tma_ok(xs, W_enc)
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        x_arg = TensorDescriptor.from_tensor(xs, [bt, bk])
+        w_arg = TensorDescriptor.from_tensor(W_enc, [bk, bf])
     _candidate_kernel[grid](
-        xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, T, d, F0, NF, C,
+        x_arg, w_arg, b_enc, theta, pre, cand_v, cand_i, cnt, T, d, F0, NF, C,
         xs.stride(0), W_enc.stride(0), W_enc.stride(1), pre.stride(0), MODE=mode, JUMP=jump,
-        IEEE=torch.float32 in (xs.dtype, W_enc.dtype), EVEN_K=d % bk == 0, ATOMIC_APPEND=atomic,
+        IEEE=torch.float32 in (xs.dtype, W_enc.dtype), EVEN_K=d % bk == 0, ATOMIC_APPEND=atomic, TMA=bool(tma),
         BT=bt, BF=bf, BK=bk, GROUP=group, num_warps=warps, num_stages=stages)
+
+
+def _tma_ok(xs, W_enc) -> bool:
+    """Tensor descriptors need 16-bit inputs here, unit inner strides and 16-byte aligned rows."""
+    if xs.dtype not in (torch.float16, torch.bfloat16) or W_enc.dtype != xs.dtype:
+        return False
+    if xs.is_cuda and torch.cuda.get_device_capability(xs.device)[0] < 9:
+        return False
+    es = xs.element_size()
+    return (xs.stride(1) == 1 and W_enc.stride(1) == 1 and (xs.stride(0) * es) % 16 == 0
+            and (W_enc.stride(0) * es) % 16 == 0 and xs.data_ptr() % 16 == 0 and W_enc.data_ptr() % 16 == 0)
 
 
 def _shifted(x, W_enc, b_dec):

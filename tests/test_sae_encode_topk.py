@@ -152,25 +152,28 @@ def test_candidates_chunks_and_overflow_fallback(capacity, chunk):
         assert M.STATS["fallback_rows"] > before
 
 
-@pytest.mark.parametrize("atomic", [False, True])
-def test_candidates_sample_and_rest(atomic):
+@pytest.mark.parametrize("atomic,tma", [(False, False), (True, False), (True, True)])
+def test_candidates_sample_and_rest(atomic, tma):
     """F large enough for a sample (the first F / 16 features) and a rest: both halves hold
-    top-k entries; both append epilogues (a cumsum per row, an atomic per entry); x - b_dec."""
+    top-k entries; both append epilogues (a cumsum per row, an atomic per entry); x - b_dec;
+    loads through tensor descriptors (TMA) in 16-bit inputs."""
     import steerkit.kernels as K
 
     M = _kernel_module()
     T, d, F, k = 37, 32, 4096, 24
     n_s, _, _, tiles = M.candidate_config(T, d, F, k, False)
     assert 0 < n_s < F
-    W_enc, b_enc, _, b_dec, _ = make_sae(d, F)
+    dtype = torch.float16 if tma else torch.float32  # descriptors: 16-bit inputs only
+    W_enc, b_enc, _, b_dec, _ = make_sae(d, F, dtype)
     b_enc = b_enc.clone()
     b_enc[:n_s] -= 0.5  # fewer winners in the sample: rows take most of their top k from the rest
-    x = randn(T, d)
-    v = torch.empty(T, k, device=DEVICE)
+    x = randn(T, d, dtype=dtype)
+    v = torch.empty(T, k, device=DEVICE, dtype=dtype)
     i = torch.empty(T, k, device=DEVICE, dtype=torch.int64)
-    K.sae_encode_topk(x, W_enc, b_enc, b_dec, k, v, i, tiles=tiles[:6] + (atomic,))
+    assert M._tma_ok(x, W_enc) == tma
+    K.sae_encode_topk(x, W_enc, b_enc, b_dec, k, v, i, tiles=tiles[:6] + (atomic, tma))
     pre = R.pre_activation(x, W_enc, b_enc, b_dec)
-    check_selection(v, i, pre, k, torch.float32)
+    check_selection(v, i, pre, k, dtype)
     assert bool((i < n_s).any()) and bool((i >= n_s).any())
 
 
