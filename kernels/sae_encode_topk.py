@@ -384,7 +384,7 @@ SWEEP = [(128, 128, 64, 16, 8, 5, True), (128, 128, 64, 16, 8, 5, False), (128, 
 
 
 def candidate_config(T: int, d: int, F: int, k: int, jump: bool, capacity=None, chunk=None, fp32=False,
-                     shifted=True):
+                     shift_bytes=None):
     """(n_s, C, rows per chunk, (BT, BF, BK, GROUP, warps, stages, ATOMIC_APPEND[, TMA])).
 
     n_s: F / 16 rounded down to a multiple of 256 (every tile width divides it; at least k; F
@@ -409,7 +409,8 @@ def candidate_config(T: int, d: int, F: int, k: int, jump: bool, capacity=None, 
             expected = k * (F - n_s) / n_s
             capacity = k + int(expected * (1 + 6 / k ** 0.5)) + 1
             capacity = min(triton.cdiv(F, 64) * 64, triton.cdiv(capacity, 64) * 64)
-    per_row = capacity * 8 + 8 + n_s * 4 + k * 24 + (d * 6 if shifted else 0)  # see the module doc
+    shift = d * 6 if shift_bytes is None else shift_bytes  # x - b_dec (and its float32 temporary)
+    per_row = capacity * 8 + 8 + n_s * 4 + k * 24 + shift  # see the module doc
     if chunk is None:
         budget = MEMORY_FRACTION * 2 * T * F
         chunk = T if per_row * T <= budget else max(128, int(budget // per_row) // 128 * 128)
@@ -519,8 +520,13 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
         return
     jump = threshold is not None
     fp32 = torch.float32 in (x.dtype, W_enc.dtype)
-    shifted = b_dec is not None or x.dtype != W_enc.dtype or x.stride(1) != 1
-    n_s, C, chunk, default_tiles = candidate_config(T, d, F, k, jump, capacity, chunk, fp32, shifted)
+    if b_dec is None and x.dtype == W_enc.dtype and x.stride(1) == 1:
+        shift = 0  # x itself
+    elif b_dec is not None and x.dtype == b_dec.dtype == W_enc.dtype:
+        shift = d * x.element_size()  # torch.sub in place of the 16-bit dtype
+    else:
+        shift = d * (x.element_size() + 4 + W_enc.element_size())
+    n_s, C, chunk, default_tiles = candidate_config(T, d, F, k, jump, capacity, chunk, fp32, shift)
     tiles = tiles or default_tiles
     bad = []
     for t0 in range(0, T, chunk):
