@@ -17,6 +17,11 @@ not once per row. Pass 2 walks d again: y = x + coef_c @ dec_c for each configur
 (coef in fp32, split into a high and a low 16-bit part so tensor cores keep ~16 bits of it), and
 stores the changed rows. Small T (latency): one row per program and broadcast products instead
 of tl.dot (which needs 16 rows); large T: BT = 32 rows with tl.dot.
+Row kernel (sweep option, "row" in the launch configuration; not the default, not yet measured
+on a GPU): one row per program with the whole row in one BD >= d chunk. The loads of x and of the
+configuration's encoder AND decoder rows are all issued up front (their addresses depend only on
+the config id), so the decoder rows arrive during the reduction: two dependent round trips in all
+(the config id, then everything else). Untouched rows skip the math (a scalar branch).
 Floor: read + write T*d elements of h plus the encoder and decoder rows of the configurations in
 use (2*M*d elements each), once (hot in L2; read once per block of BT rows from there). H100,
 T = 4096, d = 4096, bf16: 67 MB of h -> ~22 µs at 3.0 TB/s. Small T: latency (launch + four L2
@@ -109,6 +114,46 @@ def _sae_steer_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, 
             tl.store(out_ptr + orow + cols[None, :], y, mask=row_ok[:, None] & col_ok[None, :])
 
 
+@triton.jit
+def _sae_steer_row_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, enc_ptr, b_eff_ptr, thr_ptr,
+                          dec_ptr, d, N, M, stride_x, stride_o,
+                          IN_PLACE: tl.constexpr, MP: tl.constexpr, BD: tl.constexpr):
+    row = tl.program_id(0)
+    c = tl.load(cfg_ptr + row)
+    cols = tl.arange(0, BD)
+    col_ok = cols < d
+    x_at = x_ptr + row.to(tl.int64) * stride_x + cols
+    o_at = out_ptr + row.to(tl.int64) * stride_o + cols
+    if (c > 0) & (c < N):
+        # every load up front, masks and addresses from c only (n_feat applies to coef): the
+        # decoder rows are in flight during the reduction
+        slots = tl.arange(0, MP)
+        sl_ok = slots < M
+        meta = c.to(tl.int64) * M + slots
+        at = meta[:, None] * d + cols[None, :]
+        ok = sl_ok[:, None] & col_ok[None, :]
+        nf = tl.load(n_feat_ptr + c)
+        x = tl.load(x_at, mask=col_ok, other=0.0).to(tl.float32)
+        e = tl.load(enc_ptr + at, mask=ok, other=0.0)
+        w = tl.load(dec_ptr + at, mask=ok, other=0.0)
+        kind = tl.load(kind_ptr + meta, mask=sl_ok, other=0)
+        b = tl.load(b_eff_ptr + meta, mask=sl_ok, other=0.0)
+        th = tl.load(thr_ptr + meta, mask=sl_ok, other=0.0)
+        val = tl.load(value_ptr + meta, mask=sl_ok, other=0.0)
+        s_ok = slots < tl.minimum(nf, M)
+        pre = tl.sum(x[None, :] * e.to(tl.float32), axis=1) + b.to(tl.float32)
+        active = pre > th.to(tl.float32)
+        clamp = (kind & KIND_CLAMP) != 0
+        skip = clamp & ((kind & KIND_ONLY_ACTIVE) != 0) & (active == 0)
+        coef = tl.where(clamp, tl.where(skip, 0.0, val.to(tl.float32) - tl.where(active, pre, 0.0)),
+                        val.to(tl.float32))
+        coef = tl.where(s_ok & (kind != 0), coef, 0.0)
+        y = x + tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
+        tl.store(o_at, y.to(out_ptr.dtype.element_ty), mask=col_ok)
+    elif not IN_PLACE:  # untouched row: bit-identical copy
+        tl.store(o_at, tl.load(x_at, mask=col_ok), mask=col_ok)
+
+
 def steer_config(T: int, d: int, M: int):
     """(BT, MP, BD, num_warps, DOT).
 
@@ -128,13 +173,22 @@ def steer_config(T: int, d: int, M: int):
 
 def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=None):
     """x, out: [T, d]; config [T] int32; the SaeSteeringTable tensors (contiguous).
-    ``cfg``: (BT, MP, BD, num_warps, DOT) instead of steer_config's."""
+    ``cfg``: (BT, MP, BD, num_warps, DOT) instead of steer_config's, or (1, MP, BD, num_warps, DOT,
+    "row") for the row kernel (BD >= d; None: next_pow2(d); DOT is ignored)."""
     T, d = x.shape
     if T == 0 or d == 0:
         return
     in_place = x.data_ptr() == out.data_ptr()
     N, M = kind.shape
-    bt, mp, bd, warps, dot = cfg or steer_config(T, d, M)
+    bt, mp, bd, warps, dot = (cfg or steer_config(T, d, M))[:5]
+    if cfg is not None and tuple(cfg[5:]) == ("row",):
+        bd = bd or triton.next_power_of_2(d)
+        if bt != 1 or bd < d:
+            raise ValueError(f"the row kernel needs BT = 1 and BD >= d = {d}, got {cfg}")
+        _sae_steer_row_kernel[(T,)](
+            x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, d, N, M, x.stride(0), out.stride(0),
+            IN_PLACE=in_place, MP=mp, BD=bd, num_warps=warps)
+        return
     f32 = torch.float32 in (x.dtype, enc.dtype, dec.dtype) or enc.dtype != dec.dtype
     _sae_steer_kernel[(triton.cdiv(T, bt),)](
         x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, T, d, N, M, x.stride(0), out.stride(0),
@@ -142,7 +196,9 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
 
 
 # configurations the benchmark sweeps (BT, MP, BD, num_warps, DOT): at T >= 4096, and at small T
+# (with the row kernel: BD None = next_pow2(d))
 SWEEP = [(32, 16, 128, 4, True), (64, 16, 128, 8, True), (16, 16, 256, 4, True), (32, 16, 256, 8, True),
          (1, 8, 2048, 8, False)]
 SWEEP_SMALL = [(1, 8, 2048, 8, False), (1, 8, 4096, 16, False), (1, 8, 1024, 4, False), (1, 8, 512, 4, False),
-               (16, 16, 512, 4, True)]
+               (16, 16, 512, 4, True), (1, 8, None, 8, False, "row"), (1, 8, None, 16, False, "row"),
+               (1, 8, None, 32, False, "row")]

@@ -206,3 +206,60 @@ def test_launch_configs(dtype, cfg, in_place):
     K.sae_steer(out if in_place else h, out, config, *[t.contiguous() for t in table.tensors()], cfg=cfg)
     close(out, ref, dtype)
     assert_untouched(out, h, config == 0)
+
+
+def _random_steering(N, M, d, dtype):
+    """Fresh random SaeSteeringTable tensors: every slot kind (none, clamp, clamp only-active,
+    add), random slot counts (config 1 uses all M), thresholds that leave about half inactive."""
+    n_feat = torch.randint(0, M + 1, (N,), device=DEVICE, dtype=torch.int32)
+    n_feat[1] = M
+    kinds = torch.tensor([0, R.KIND_CLAMP, R.KIND_CLAMP | R.KIND_ONLY_ACTIVE, R.KIND_ADD], device=DEVICE)
+    kind = kinds[torch.randint(0, 4, (N, M), device=DEVICE)].int()
+    value = randn(N, M)
+    enc = (randn(N, M, d) / d ** 0.5).to(dtype)
+    b_eff = randn(N, M) * 0.5
+    thr = randn(N, M) * 0.5
+    dec = randn(N, M, d, dtype=dtype)
+    return n_feat, kind, value, enc, b_eff, thr, dec
+
+
+def _same_bits(a, b):
+    return torch.equal(a.view(torch.int32 if a.dtype == torch.float32 else torch.int16),
+                       b.view(torch.int32 if b.dtype == torch.float32 else torch.int16))
+
+
+@pytest.mark.parametrize("dtype", SAE_DTYPES)
+@pytest.mark.parametrize("d", [32, 40])
+@pytest.mark.parametrize("in_place", [True, False])
+def test_row_kernel(dtype, d, in_place):
+    """The row kernel (one row per program, whole row in one chunk, every load up front) against
+    the reference: mixed configurations per row, config 0 and out-of-range ids bit-identical."""
+    import steerkit.kernels as K
+
+    N, M, T = 6, 8, 24
+    tables = _random_steering(N, M, d, dtype)
+    h = randn(T, d, dtype=dtype)
+    h[:, ::7] = -0.0  # x + 0 would turn these into +0.0
+    config = torch.randint(0, N, (T,), device=DEVICE, dtype=torch.int32)
+    config[:4] = torch.tensor([0, -1, N, 2 ** 31 - 1], device=DEVICE, dtype=torch.int32)
+    config[4:3 + N] = torch.arange(1, N, device=DEVICE, dtype=torch.int32)  # every configuration
+    ref = R.sae_steer(h.float(), config, *tables)
+    out = h.clone() if in_place else torch.full_like(h, float("nan"))
+    K.sae_steer(out if in_place else h, out, config, *tables, cfg=(1, 8, None, 4, False, "row"))
+    close(out, ref, dtype)
+    keep = (config < 1) | (config >= N)
+    assert _same_bits(out[keep], h[keep]), "untouched rows changed"
+    assert not torch.equal(out[~keep], h[~keep])
+
+
+def test_row_kernel_needs_the_whole_row():
+    import steerkit.kernels as K
+
+    h = randn(3, 40)
+    tables = _random_steering(3, 8, 40, torch.float32)
+    config = torch.ones(3, device=DEVICE, dtype=torch.int32)
+    out = torch.empty_like(h)
+    with pytest.raises(ValueError, match="BD >= d"):
+        K.sae_steer(h, out, config, *tables, cfg=(1, 8, 32, 4, False, "row"))
+    K.sae_steer(h, out, config, *tables, cfg=(1, 8, 128, 4, False, "row"))  # any BD >= d
+    close(out, R.sae_steer(h, config, *tables), torch.float32)
