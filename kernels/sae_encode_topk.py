@@ -28,7 +28,8 @@ d = 4096, F = 65536: 2.2 TFLOP -> ~2.7 ms; reading W_enc (d*F elements) at decod
 Extra memory of the candidate path: per row, the candidates (C*8 bytes, C = 1792 at k = 64),
 the sample's F/16 pre-activations (4 bytes each) and x - b_dec,
 per chunk of rows sized to stay under 5% of the bf16 [T, F] matrix: d = 4096, F = 65536 takes
-chunks of 640 rows, d = 2304, F = 16384 chunks of 256 (each chunk adds a few small launches).
+chunks of 768 rows (640 with b_dec), d = 2304, F = 16384 chunks of 256 (each chunk adds a few
+small launches).
 """
 import torch
 import triton
