@@ -465,29 +465,26 @@ def _shifted(x, W_enc, b_dec):
     return (x.float() - b_dec.float()).to(W_enc.dtype)
 
 
-def _chunk(x, W_enc, b_enc, b_dec, threshold, k, n_s, C, tiles, values, indices, counts, overflow):
-    """Steps 1-3 for the rows of x (one chunk); returns the rows to recompute (bool [T])."""
+def _chunk(x, W_enc, b_enc, b_dec, threshold, k, n_s, C, tiles, values, indices, counts, overflow, buf, bad):
+    """Steps 1-3 for the rows of x (one chunk), in the buffers ``buf`` (sliced to the chunk's
+    rows); writes the rows to recompute into ``bad`` (bool [T])."""
     T, d = x.shape
     F = W_enc.shape[1]
     jump = threshold is not None
     xs = _shifted(x, W_enc, b_dec)
-    cand_v = torch.empty((T, C), device=x.device, dtype=torch.float32)
-    cand_i = torch.empty((T, C), device=x.device, dtype=torch.int32)
+    cand_v, cand_i, cnt = buf["cand_v"][:T], buf["cand_i"][:T], buf["cnt"][:T]
+    cnt.zero_()
     if jump:
-        cnt = torch.zeros((T,), device=x.device, dtype=torch.int32)
         _launch(xs, W_enc, b_enc, threshold, cand_v, cand_v, cand_i, cnt, 0, F, C, MODE_APPEND, True, tiles)
-        bad = cnt > C
     else:
-        pre = torch.empty((T, n_s), device=x.device, dtype=torch.float32)
+        pre = buf["pre"][:T]
         _launch(xs, W_enc, b_enc, b_enc, pre, cand_v, cand_i, b_enc, 0, n_s, C, MODE_STORE, False, tiles)
         theta = torch.topk(pre, k, dim=1, sorted=False).values.amin(dim=1)  # the sample's k-th largest
-        cnt = torch.zeros((T,), device=x.device, dtype=torch.int32)
         # the sample's entries >= theta: its top k and every entry tied with the k-th
         _launch(xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, 0, n_s, C, MODE_APPEND_STORED, False, tiles)
-        del pre
         if n_s < F:
             _launch(xs, W_enc, b_enc, theta, cand_v, cand_v, cand_i, cnt, n_s, F - n_s, C, MODE_APPEND, False, tiles)
-        bad = cnt > C
+    torch.gt(cnt, C, out=bad)
     kw = max(16, triton.next_power_of_2(k))
     sbt = 4 if kw >= 128 else 8
     if interpreting():
@@ -495,7 +492,6 @@ def _chunk(x, W_enc, b_enc, b_dec, threshold, k, n_s, C, tiles, values, indices,
     _select_kernel[(triton.cdiv(T, sbt),)](
         cand_v, cand_i, cnt, values, indices, counts if jump else indices, overflow if jump else indices, T, C, k,
         values.stride(0), indices.stride(0), JUMP=jump, SORT_NET=not interpreting(), BT=sbt, KW=kw, num_warps=4)
-    return bad
 
 
 def matmul_only(x, W_enc, b_enc, tiles=None):
@@ -529,15 +525,21 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
         shift = d * (x.element_size() + 4 + W_enc.element_size())
     n_s, C, chunk, default_tiles = candidate_config(T, d, F, k, jump, capacity, chunk, fp32, shift)
     tiles = tiles or default_tiles
-    bad = []
+    # buffers for one chunk, reused by every chunk
+    dev = x.device
+    buf = dict(cand_v=torch.empty((chunk, C), device=dev, dtype=torch.float32),
+               cand_i=torch.empty((chunk, C), device=dev, dtype=torch.int32),
+               cnt=torch.empty((chunk,), device=dev, dtype=torch.int32),
+               pre=None if jump else torch.empty((chunk, n_s), device=dev, dtype=torch.float32))
+    bad = torch.empty((T,), device=dev, dtype=torch.bool)
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
-        bad.append(_chunk(x[t0:t1], W_enc, b_enc, b_dec, threshold, k, n_s, C, tiles, values[t0:t1],
-                          indices[t0:t1], counts[t0:t1] if jump else None, overflow[t0:t1] if jump else None))
+        _chunk(x[t0:t1], W_enc, b_enc, b_dec, threshold, k, n_s, C, tiles, values[t0:t1], indices[t0:t1],
+               counts[t0:t1] if jump else None, overflow[t0:t1] if jump else None, buf, bad[t0:t1])
     STATS["calls"] += 1
     if _capturing(x):  # no host sync under capture: flagged rows keep the candidate result
         return
-    rows = torch.cat(bad).nonzero().squeeze(1)
+    rows = bad.nonzero().squeeze(1)
     if rows.numel():
         STATS["fallback_rows"] += int(rows.numel())
         xr = x.index_select(0, rows)
