@@ -12,7 +12,7 @@ import time
 import torch
 
 from steerkit.bench.model_bench import build_model
-from steerkit.integrations.engine import FAST_INDUCTOR, Engine
+from steerkit.integrations.engine import ENGINE_INDUCTOR, Engine
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     a = ap.parse_args()
     batches = [int(b) for b in a.batches.split(",")]
     model = build_model(a.shape, "cuda")
-    opts = FAST_INDUCTOR if a.inductor == "fast" else {}
+    opts = ENGINE_INDUCTOR if a.inductor == "fast" else {}
     slots = a.max_batch or max(batches)
     kw = dict(max_batch=slots, max_len=a.max_len, buckets=batches, inductor=opts)
     if a.steer == "none":

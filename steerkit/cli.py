@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     g.add_argument("--new-tokens", type=int, default=128)
     g.add_argument("--rounds", type=int, default=2)
     g.add_argument("--deadline", type=float, default=None, help="seconds; no new measurement starts after it")
+    g.add_argument("--specialise", action="store_true",
+                   help="an engine compiled for each steering kind (default: one engine built for every kind)")
     g.add_argument("--out", default="benchmarks/results", help="folder for the jsonl rows ('' for none)")
     g.add_argument("--plot", default=None, help="also plot tokens/s against batch size to this file (.png or .svg)")
     g.add_argument("--plot-from", type=_names, default=None, help="only plot: these jsonl files (comma-separated)")
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
         if bad:
             p.error(f"unknown shapes {bad}; choose from {sorted(gb.SHAPES)}")
         rows = gb.run_and_write(out_dir=args.out or None, prompt=args.prompt, new_tokens=args.new_tokens,
-                                rounds=args.rounds, deadline_s=args.deadline, **kw)
+                                rounds=args.rounds, deadline_s=args.deadline, specialise=args.specialise, **kw)
         if args.plot and rows:
             print(f"# plot: {gb.plot(rows, args.plot)}")
         return 0

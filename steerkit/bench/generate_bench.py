@@ -39,10 +39,12 @@ import torch
 
 from .model_bench import SHAPES, _HookVariant, _Params, _SteerkitVariant, build_model  # noqa: F401 (SHAPES: for the CLI)
 
-PATHS = ("engine", "engine-plain", "engine-autotune", "hf-compiled", "hf-eager", "repeng", "steering-vectors")
-# the engine's Inductor options per engine path: FAST_INDUCTOR (the default), Inductor's own
-# defaults, and FAST_INDUCTOR with the matmuls autotuned (minutes of compilation)
-ENGINE_PATHS = {"engine": None, "engine-plain": {}, "engine-autotune": "autotune"}
+PATHS = ("engine", "engine-plain", "engine-tuned", "engine-autotune", "hf-compiled", "hf-eager", "repeng",
+         "steering-vectors")
+# the engine's Inductor options per engine path: ENGINE_INDUCTOR (the default), Inductor's own
+# defaults, ENGINE_INDUCTOR with coordinate-descent tuning of the Triton kernels, and with the
+# matmuls autotuned (minutes of compilation)
+ENGINE_PATHS = {"engine": None, "engine-plain": {}, "engine-tuned": "tuned", "engine-autotune": "autotune"}
 STEERS = ("unsteered", "shared", "distinct-add", "distinct-scale", "distinct-ablate", "distinct-mix", "hook-add")
 HEADLINE_1B, HEADLINE_8B = "llama-3.2-1b", "llama-3.1-8b"
 EXPECT = {"add": dict(vector=True), "scale": dict(scale=True), "ablate": dict(directions=1),
@@ -176,7 +178,8 @@ def _repeng_module():
 class _Shape:
     """One model and everything built on it (engines per steering kind, hooks)."""
 
-    def __init__(self, shape: str, device: str, max_batch: int, prompt: int, new_tokens: int, log):
+    def __init__(self, shape: str, device: str, max_batch: int, prompt: int, new_tokens: int, log,
+                 specialise: bool = False):
         self.shape, self.device, self.log = shape, device, log
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         self.model = build_model(shape, device, dtype)
@@ -185,33 +188,46 @@ class _Shape:
         self.max_batch, self.prompt, self.new_tokens = max_batch, prompt, new_tokens
         self.params = _Params(max_batch, self.model.config.hidden_size, device)
         self.engines: Dict[str, object] = {}
+        self.specialise = specialise
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         g = torch.Generator(device="cpu").manual_seed(2)
         self.ids = torch.randint(3, self.model.config.vocab_size, (max_batch, prompt), generator=g)
 
     def engine(self, kind: Optional[str], path: str = "engine"):
         """The engine of ``path`` (its Inductor options) without steering (kind None) or with
-        tables holding ``kind`` configurations 1..max_batch at every site."""
+        tables (in the model's dtype) at every site holding ``kind`` configurations
+        1..max_batch. Steered engines are built for every kind (the engine's default ``expect``),
+        so one engine (one compilation per bucket) serves every steered variant, as in serving,
+        where requests of every kind share the graphs; with ``specialise`` each kind gets an engine
+        compiled for that kind only."""
         from steerkit.integrations import attach
-        from steerkit.integrations.engine import FAST_INDUCTOR, Engine
+        from steerkit.integrations.engine import ENGINE_INDUCTOR, Engine
 
-        key = f"{path}/{kind or 'none'}"
+        built = "none" if kind is None else (kind if self.specialise else "all")
+        key = f"{path}/{built}"
         if key not in self.engines:
             t0 = time.time()
             buckets = tuple(b for b in (1, 16, 64, 256) if b <= self.max_batch)
             opts = ENGINE_PATHS[path]
-            opts = dict(FAST_INDUCTOR, max_autotune=True) if opts == "autotune" else opts
+            if opts == "autotune":
+                opts = dict(ENGINE_INDUCTOR, max_autotune=True)
+            elif opts == "tuned":
+                opts = dict(ENGINE_INDUCTOR, coordinate_descent_tuning=True)
             kw = dict(max_batch=self.max_batch, max_len=self.prompt + self.new_tokens, buckets=buckets,
                       inductor=opts)
             if kind is None:
                 self.engines[key] = Engine(self.model, None, **kw)
             else:
-                handle = attach(self.model, self.sites, capacity=self.max_batch, max_directions=1)
-                for j in range(self.max_batch):
-                    handle.set(j + 1, {s: self.params.spec(kind, j) for s in self.sites})
-                self.engines[key] = Engine(self.model, handle, expect=EXPECT[kind], **kw)
+                handle = attach(self.model, self.sites, capacity=self.max_batch, max_directions=1,
+                                dtype=self.model.dtype)
+                self.engines[key] = Engine(self.model, handle, expect=EXPECT[kind] if self.specialise else None, **kw)
             self.log(f"# {self.shape}: engine '{key}' built in {time.time() - t0:.1f} s")
-        return self.engines[key]
+        eng = self.engines[key]
+        if kind is not None and getattr(eng, "_bench_kind", None) != kind:  # (re)write the configurations
+            for j in range(self.max_batch):
+                eng.steering.set(j + 1, {s: self.params.spec(kind, j) for s in self.sites})
+            eng._bench_kind = kind
+        return eng
 
     def close(self):
         """Close every engine: hooks detached, graphs and caches freed."""
@@ -332,13 +348,16 @@ def _measure(sh: _Shape, path: str, steer: str, B: int, rounds: int, timer: _Tim
         if graph is not None:  # the GPU time of one step alone, without the host's loop around it
             row["replay_ms"] = _replay_ms(graph)
         row["inductor"] = ENGINE_PATHS[path] if isinstance(ENGINE_PATHS[path], str) else (
-            "fast" if ENGINE_PATHS[path] is None else "default")
+            "engine" if ENGINE_PATHS[path] is None else "default")
+        if kind is not None:
+            row["built_for"] = kind if sh.specialise else "all"
+            row["table_dtype"] = str(eng.steering.tables[sh.sites[0]].vec.dtype).replace("torch.", "")
     return row
 
 
 def run(shapes: Sequence[str] = (HEADLINE_1B, HEADLINE_8B), batches: Sequence[int] = (1, 16, 64, 256),
         variants: Sequence[str] = ("*",), prompt: int = 128, new_tokens: int = 128, rounds: int = 2,
-        deadline_s: Optional[float] = None, device: Optional[str] = None,
+        deadline_s: Optional[float] = None, device: Optional[str] = None, specialise: bool = False,
         emit: Callable[[dict], None] = lambda row: None, log: Callable[[str], None] = print) -> List[dict]:
     """Measure the plan's items in order; ``emit`` gets each row as soon as it is measured."""
     from .timing import copy_bandwidth_gbps
@@ -363,7 +382,7 @@ def run(shapes: Sequence[str] = (HEADLINE_1B, HEADLINE_8B), batches: Sequence[in
                 gc.collect()
                 if device == "cuda":
                     torch.cuda.empty_cache()
-            sh = _Shape(shape, device, max(batches), prompt, new_tokens, log)
+            sh = _Shape(shape, device, max(batches), prompt, new_tokens, log, specialise)
             floor_ms = sh.weight_bytes / (bw * 1e9) * 1e3
             log(f"# {shape}: {sh.weight_bytes / 1e9:.2f} GB of weights, decode floor {floor_ms:.3f} ms")
         try:

@@ -39,7 +39,7 @@ import random
 import types
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -186,9 +186,20 @@ def choose(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
 
 
 # -- compilation ----------------------------------------------------------------------------------
-# Inductor options for the decode step (as gpt-fast sets them): Triton kernels' block sizes tuned
-# by coordinate descent, and compiled graphs cached on disk. Engine(inductor={}) for the defaults.
-FAST_INDUCTOR = {"coordinate_descent_tuning": True, "triton.unique_kernel_names": True, "fx_graph_cache": True}
+# Inductor options for the decode step: kernel names that say which op they come from (profiles)
+# and compiled graphs cached on disk. With these defaults the engine compiles buckets of two sizes
+# differently (H100, 1B shape; benchmarks/results/generate-1b-h100-session5.txt):
+# - below SMALL_BUCKET (latency-bound steps): coordinate-descent tuning of the Triton kernels'
+#   block sizes, as gpt-fast sets it; it took the batch-1 step from 1.59 to 1.35 ms;
+# - from SMALL_BUCKET up: no tuning (it changed nothing there and tripled compilation), and rows
+#   up to PERSISTENT_ROW_LIMIT elements normalised by one persistent reduction: each row is loaded
+#   once and kept in registers. Inductor's own limit is 1024 elements, so wider rows (2048 and 4096
+#   in the benchmark shapes) were reduced by loops that load the row, and every table row the
+#   steering (which Inductor fuses into the RMSNorm) gathers, once per dependent reduction: a
+#   distinct mixed configuration per request cost 1.8% of the batch-256 step, now 0.8%.
+ENGINE_INDUCTOR = {"triton.unique_kernel_names": True, "fx_graph_cache": True}
+SMALL_BUCKET = 16
+PERSISTENT_ROW_LIMIT = 8192
 _ENGINE_IDS = itertools.count()
 
 
@@ -202,16 +213,39 @@ def _own_code(method):
     return types.MethodType(own, method.__self__)
 
 
-def _compile_context():
-    """Dynamo settings for the engine's compilations only (not global): guard on module hooks, so
+def _row_reductions():
+    """Inductor's heuristics with persistent reductions for rows up to PERSISTENT_ROW_LIMIT
+    elements (a context manager; a no-op where this torch lacks the interface)."""
+    try:
+        from torch._inductor.choices import InductorChoices
+        from torch._inductor.runtime.hints import ReductionHint
+        from torch._inductor.virtualized import V
+    except ImportError:
+        return contextlib.nullcontext()
+
+    class RowChoices(InductorChoices):
+        @staticmethod
+        def should_use_persistent_reduction(features, cooperative_reduction):
+            if not cooperative_reduction and features.get_reduction_hint() == ReductionHint.INNER:
+                return V.graph.sizevars.statically_known_leq(features.reduction_numel, PERSISTENT_ROW_LIMIT)
+            return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
+
+    return V.set_choices_handler(RowChoices())
+
+
+@contextlib.contextmanager
+def _compile_context(persistent_rows: bool):
+    """Settings for the engine's compilations only (not global): Dynamo guards on module hooks, so
     hooks attached or removed after a compilation recompile instead of being silently ignored
-    (Dynamo skips those guards by default), and room for one compilation per bucket."""
+    (Dynamo skips those guards by default); room for one compilation per bucket; persistent row
+    reductions (``_row_reductions``) if asked."""
     cfg = torch._dynamo.config
     patch = {"skip_nnmodule_hook_guards": False}
     for name in ("cache_size_limit", "recompile_limit"):
         if hasattr(cfg, name):
             patch[name] = max(getattr(cfg, name), 64)
-    return cfg.patch(**patch)
+    with cfg.patch(**patch), (_row_reductions() if persistent_rows else contextlib.nullcontext()):
+        yield
 
 
 # -- requests -------------------------------------------------------------------------------------
@@ -254,9 +288,11 @@ class Engine:
         prefill_tokens: padded tokens per prefill forward (requests joining together).
         tokenizer: to accept text prompts.
         dynamic: torch.compile's ``dynamic`` (default False: a static graph per bucket).
-        inductor: Inductor options of the decode step's compilation (default ``FAST_INDUCTOR``;
-            {} for Inductor's defaults; e.g. add ``max_autotune=True`` to autotune the matmuls,
-            which costs minutes of compilation).
+        inductor: Inductor options of the decode step's compilation. Default ``ENGINE_INDUCTOR``,
+            with coordinate-descent tuning for buckets below ``SMALL_BUCKET`` and persistent row
+            reductions for the others. Options given here apply to every bucket, with persistent
+            row reductions: {} for Inductor's defaults; add ``max_autotune=True`` to autotune
+            the matmuls (minutes of compilation).
     """
 
     def __init__(self, model, steering: Union[None, Steering, Iterable[str]] = None, *, max_batch: int = 64,
@@ -323,17 +359,20 @@ class Engine:
         if compile is None:
             compile = self.device.type == "cuda"
         self.compiled = bool(compile)
+        self._compile_kw = None
+        self._small_below = 0  # buckets below this size compile as small ones (see SMALL_BUCKET)
         if compile:
             kw = dict(fullgraph=True, dynamic=dynamic)
             if compile is not True:  # a backend name or callable
                 kw["backend"] = compile
-            else:  # Inductor, with its options (FAST_INDUCTOR unless given; {} for Inductor's defaults)
-                opts = dict(FAST_INDUCTOR if inductor is None else inductor)
+            else:  # Inductor, with its options (ENGINE_INDUCTOR unless given; {} for Inductor's defaults)
+                opts = dict(ENGINE_INDUCTOR if inductor is None else inductor)
                 if opts:
                     kw["options"] = opts
-            self._fn = torch.compile(_own_code(self._decode_body), **kw)
-        else:
-            self._fn = self._decode_body
+                if inductor is None:
+                    self._small_below = SMALL_BUCKET
+            self._compile_kw = kw
+        self._fns: Dict[bool, Callable] = {}
         self._graphs: Dict[Tuple[int, bool], torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._uses_at_capture = None
@@ -592,9 +631,23 @@ class Engine:
         pos.copy_((pos + 1).clamp(max=self.cache.max_len - 1))  # a finished slot may run on: stay in bounds
 
     def _forward_decode(self, B: int, sample: bool) -> None:
-        with self._mode(self._cfg[:B], None, self._pos[:B]), (_compile_context() if self.compiled
+        small = B < self._small_below
+        with self._mode(self._cfg[:B], None, self._pos[:B]), (_compile_context(not small) if self.compiled
                                                               else contextlib.nullcontext()):
-            self._fn(self._tok[:B], self._temp[:B], self._top_p[:B], self._seed[:B], sample)
+            self._fn(small)(self._tok[:B], self._temp[:B], self._top_p[:B], self._seed[:B], sample)
+
+    def _fn(self, small: bool):
+        """The decode step: eager, or compiled (small buckets, see SMALL_BUCKET, have a compiled
+        function of their own, with tuned Triton kernels)."""
+        if self._compile_kw is None:
+            return self._decode_body
+        fn = self._fns.get(small)
+        if fn is None:
+            kw = dict(self._compile_kw)
+            if small:
+                kw["options"] = dict(kw["options"], coordinate_descent_tuning=True)
+            fn = self._fns[small] = torch.compile(_own_code(self._decode_body), **kw)
+        return fn
 
     def _uses(self):
         return None if self.steering is None else tuple(t.uses for t in self.steering.tables.values())
