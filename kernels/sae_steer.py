@@ -17,8 +17,8 @@ not once per row. Pass 2 walks d again: y = x + coef_c @ dec_c for each configur
 (coef in fp32, split into a high and a low 16-bit part so tensor cores keep ~16 bits of it), and
 stores the changed rows. Small T (latency): one row per program and broadcast products instead
 of tl.dot (which needs 16 rows); large T: BT = 32 rows with tl.dot.
-Row kernel (sweep option, "row" in the launch configuration; not the default, not yet measured
-on a GPU): one row per program with the whole row in one BD >= d chunk. The loads of x and of the
+Row kernel ("row" in the launch configuration; the default for T <= 16 and d <= 4096 on a GPU):
+one row per program with the whole row in one BD >= d chunk. The loads of x and of the
 configuration's encoder AND decoder rows are all issued up front (their addresses depend only on
 the config id), so the decoder rows arrive during the reduction: two dependent round trips in all
 (the config id, then everything else). Untouched rows skip the math (a scalar branch).
@@ -155,9 +155,11 @@ def _sae_steer_row_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_p
 
 
 def steer_config(T: int, d: int, M: int):
-    """(BT, MP, BD, num_warps, DOT).
+    """(BT, MP, BD, num_warps, DOT[, "row"]).
 
-    GPU, T <= 64 (latency): one row per program, all M slots at once as a [M, 2048] tile of
+    GPU, T <= 16 and d <= 4096: the row kernel, 8 warps (H100, d = 4096, 8 clamps, graph replay:
+    1.2 µs at T = 1 and 3.5 µs at T = 16, against 1.8 and 6.5 µs for the chunked kernel below;
+    sae-steer-*-20261124-001052.jsonl). Other T <= 64 (latency): one row per program, all M slots at once as a [M, 2048] tile of
     broadcast products (d = 4096: two chunks per pass, so four dependent L2 round trips), 8 warps.
     Larger T: 32 rows per program with tl.dot (encoder / decoder rows read once per 32 rows),
     128-column chunks, 4 warps. Pass 2 re-reads the block's rows, which should still be in L2
@@ -166,6 +168,8 @@ def steer_config(T: int, d: int, M: int):
     mp = triton.next_power_of_2(M)
     if interpreting():
         return max(16, min(64, triton.next_power_of_2(T))), max(16, mp), min(1024, triton.next_power_of_2(d)), 4, True
+    if T <= 16 and d <= 4096:  # the row kernel: 1.2 / 3.5 µs at T = 1 / 16, d = 4096 (H100, graph replay)
+        return 1, mp, None, 8, False, "row"
     if T <= 64:
         return 1, mp, min(2048, max(32, triton.next_power_of_2(d))), 8, False
     return 32, max(16, mp), 128, 4, True
@@ -180,8 +184,9 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
         return
     in_place = x.data_ptr() == out.data_ptr()
     N, M = kind.shape
-    bt, mp, bd, warps, dot = (cfg or steer_config(T, d, M))[:5]
-    if cfg is not None and tuple(cfg[5:]) == ("row",):
+    cfg = cfg or steer_config(T, d, M)
+    bt, mp, bd, warps, dot = cfg[:5]
+    if tuple(cfg[5:]) == ("row",):
         bd = bd or triton.next_power_of_2(d)
         if bt != 1 or bd < d:
             raise ValueError(f"the row kernel needs BT = 1 and BD >= d = {d}, got {cfg}")

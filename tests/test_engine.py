@@ -8,7 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from steerkit import integrations as I  # noqa: E402
-from steerkit.integrations.engine import Engine, choose  # noqa: E402
+from steerkit.integrations.engine import SMALL_BUCKET, Engine, choose  # noqa: E402
 
 D = 32
 GPU = torch.cuda.is_available()
@@ -337,7 +337,8 @@ def test_gpu_bf16_cuda_graphs_match_generate_except_near_ties_and_never_recaptur
                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).cuda().eval()
     sites = ["resid_post.1", "resid_post.2"]
-    eng = Engine(model, sites, max_batch=8, max_len=64, buckets=(1, 4, 8))
+    # buckets on both sides of SMALL_BUCKET (tuned kernels below it, persistent row reductions from it)
+    eng = Engine(model, sites, max_batch=SMALL_BUCKET, max_len=64, buckets=(1, 4, SMALL_BUCKET))
     d = 256
     r = lambda *s: torch.randn(*s, device="cuda")  # noqa: E731
     specs = [None, {"resid_post.1": dict(vector=r(d), strength=2.0)},
