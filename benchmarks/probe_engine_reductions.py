@@ -1,4 +1,10 @@
-"""Engine B=256 distinct-mix overhead: table dtype x Inductor reduction strategy; B=1 FAST vs plain."""
+"""Probe (GPU): the engine's distinct-mix overhead at batch 256 by steering-table dtype and Inductor
+reduction strategy (looped, persistent rows, multi-kernel), and coordinate-descent tuning ('fast')
+against none at batch 1 and 64. Every variant is an engine compiled for one bucket with explicit
+Inductor options; the engine's own persistent-row override is switched off except in the
+'persist' variants. Replays timed interleaved. Results: benchmarks/results/probe-engine-256-h100.txt.
+    python benchmarks/probe_engine_reductions.py [variant ...]"""
+import contextlib
 import json, os, statistics, sys, time
 import torch
 from torch._inductor.choices import InductorChoices
@@ -6,7 +12,10 @@ from torch._inductor.virtualized import V
 from steerkit.bench.model_bench import build_model, _Params
 from steerkit.bench.generate_bench import _replay_ms
 from steerkit.integrations import attach
-from steerkit.integrations.engine import Engine, FAST_INDUCTOR
+import steerkit.integrations.engine as engine_mod
+from steerkit.integrations.engine import ENGINE_INDUCTOR, Engine
+
+FAST_INDUCTOR = dict(ENGINE_INDUCTOR, coordinate_descent_tuning=True)
 
 T0 = time.time(); DEADLINE = float(os.environ.get("DEADLINE", 430))
 class Persist(InductorChoices):
@@ -54,6 +63,7 @@ for name, B, kind, tdt, opts, choices in VARIANTS:
         for j in range(B):
             h.set(j + 1, {s: P.spec(kind, j) for s in sites})
         eng = Engine(model, h, **kw); ids = list(range(1, B + 1))
+    engine_mod._row_reductions = contextlib.nullcontext  # only the probe's own choices below
     ctx = V.set_choices_handler(choices()) if choices else None
     try:
         if ctx: ctx.__enter__()

@@ -1,6 +1,6 @@
 """Kernel-level breakdown of the engine's captured decode step (torch.profiler over graph replays).
 
-    python benchmarks/profile_engine.py --shape llama-3.2-1b --batches 1,64 [--inductor fast|plain]
+    python benchmarks/profile_engine.py --shape llama-3.2-1b --batches 1,64 [--inductor engine|plain]
 
 Prints, per batch bucket, the replay time and the kernels sorted by total GPU time, grouped into
 matmul / attention / norm+rope+elementwise / sampling, so it is clear where a step's time goes
@@ -12,7 +12,7 @@ import time
 import torch
 
 from steerkit.bench.model_bench import build_model
-from steerkit.integrations.engine import ENGINE_INDUCTOR, Engine
+from steerkit.integrations.engine import Engine
 
 
 def main():
@@ -20,7 +20,8 @@ def main():
     ap.add_argument("--shape", default="llama-3.2-1b")
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--max-len", type=int, default=256)
-    ap.add_argument("--inductor", default="fast", choices=("fast", "plain"))
+    ap.add_argument("--inductor", default="engine", choices=("engine", "plain"),
+                    help="the engine's default compilation, or Inductor's defaults for every bucket")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--max-batch", type=int, default=0, help="engine slots (default: the largest batch)")
     ap.add_argument("--steer", default="none", choices=("none", "add", "scale", "ablate", "mix"),
@@ -29,7 +30,7 @@ def main():
     a = ap.parse_args()
     batches = [int(b) for b in a.batches.split(",")]
     model = build_model(a.shape, "cuda")
-    opts = ENGINE_INDUCTOR if a.inductor == "fast" else {}
+    opts = None if a.inductor == "engine" else {}
     slots = a.max_batch or max(batches)
     kw = dict(max_batch=slots, max_len=a.max_len, buckets=batches, inductor=opts)
     if a.steer == "none":
