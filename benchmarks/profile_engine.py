@@ -2,15 +2,16 @@
 
     python benchmarks/profile_engine.py --shape llama-3.2-1b --batches 1,64 [--inductor engine|plain]
 
-Prints, per batch bucket, the replay time and the kernels sorted by total GPU time, grouped into
-matmul / attention / norm+rope+elementwise / sampling, so it is clear where a step's time goes
-beyond the weight-read floor.
+Prints, per batch bucket, the replay time, the per-token latency through generate, and the
+kernels sorted by GPU time per step, so it is clear where a step's time goes beyond the
+weight-read floor.
 """
 import argparse
 import time
 
 import torch
 
+from steerkit.bench.generate_bench import _replay_ms
 from steerkit.bench.model_bench import build_model
 from steerkit.integrations.engine import Engine
 
@@ -25,7 +26,8 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--max-batch", type=int, default=0, help="engine slots (default: the largest batch)")
     ap.add_argument("--steer", default="none", choices=("none", "add", "scale", "ablate", "mix"),
-                    help="a distinct configuration of this kind per slot at every layer (as bench-generate)")
+                    help="a distinct configuration of this kind per slot at every layer, in an engine built "
+                         "for every kind with tables in the model's dtype (as bench-generate)")
     ap.add_argument("--generate", type=int, default=1, help="also time generate per token (0: no)")
     a = ap.parse_args()
     batches = [int(b) for b in a.batches.split(",")]
@@ -36,16 +38,15 @@ def main():
     if a.steer == "none":
         eng = Engine(model, None, **kw)
     else:
-        from steerkit.bench.generate_bench import EXPECT
         from steerkit.bench.model_bench import _Params
         from steerkit.integrations import attach
 
         params = _Params(slots, model.config.hidden_size, "cuda")
         sites = [f"resid_post.{i}" for i in range(model.config.num_hidden_layers)]
-        handle = attach(model, sites, capacity=slots, max_directions=1)
+        handle = attach(model, sites, capacity=slots, max_directions=1, dtype=model.dtype)
         for j in range(slots):
             handle.set(j + 1, {s: params.spec(a.steer, j) for s in sites})
-        eng = Engine(model, handle, expect=EXPECT[a.steer], **kw)
+        eng = Engine(model, handle, **kw)
     wb = sum(p.numel() * p.element_size() for p in model.parameters())
     for B in batches:
         t0 = time.time()
@@ -53,17 +54,7 @@ def main():
         eng.generate([[5] * 16] * B, steering=ids, max_new_tokens=4, stop=())
         g = eng._graphs[(B, False)]
         print(f"# {a.shape} B={B}: warm-up {time.time() - t0:.1f} s; weights {wb / 1e9:.2f} GB")
-        for _ in range(20):
-            g.replay()
-        torch.cuda.synchronize()
-        n = 50
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(n):
-            g.replay()
-        e.record()
-        torch.cuda.synchronize()
-        print(f"# B={B}: replay {s.elapsed_time(e) / n * 1000:.0f} us per step")
+        print(f"# B={B}: replay {_replay_ms(g) * 1000:.0f} us per step")
         # the benchmark's per-token latency: (T(N) - T(1)) / (N - 1) through generate
         prompts = [[5 + i] * 128 for i in range(B)]
         wall = {}

@@ -466,6 +466,16 @@ def _shifted(x, W_enc, b_dec):
     return (x.float() - b_dec.float()).to(W_enc.dtype)
 
 
+def _shifted_bytes(x, W_enc, b_dec) -> int:
+    """Bytes per row that ``_shifted`` allocates (its temporaries included)."""
+    d = x.shape[1]
+    if b_dec is None:
+        return 0 if x.dtype == W_enc.dtype and x.stride(1) == 1 else d * W_enc.element_size()
+    if x.dtype == b_dec.dtype == W_enc.dtype:
+        return d * x.element_size()
+    return d * (8 + W_enc.element_size())  # float32 x and difference, then the cast
+
+
 def _chunk(x, W_enc, b_enc, b_dec, threshold, k, n_s, C, tiles, values, indices, counts, overflow, buf, bad):
     """Steps 1-3 for the rows of x (one chunk), in the buffers ``buf`` (sliced to the chunk's
     rows); writes the rows to recompute into ``bad`` (bool [T])."""
@@ -518,13 +528,8 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
         return
     jump = threshold is not None
     fp32 = torch.float32 in (x.dtype, W_enc.dtype)
-    if b_dec is None and x.dtype == W_enc.dtype and x.stride(1) == 1:
-        shift = 0  # x itself
-    elif b_dec is not None and x.dtype == b_dec.dtype == W_enc.dtype:
-        shift = d * x.element_size()  # torch.sub in place of the 16-bit dtype
-    else:
-        shift = d * (x.element_size() + 4 + W_enc.element_size())
-    n_s, C, chunk, default_tiles = candidate_config(T, d, F, k, jump, capacity, chunk, fp32, shift)
+    n_s, C, chunk, default_tiles = candidate_config(T, d, F, k, jump, capacity, chunk, fp32,
+                                                    _shifted_bytes(x, W_enc, b_dec))
     tiles = tiles or default_tiles
     # buffers for one chunk, reused by every chunk
     dev = x.device
@@ -569,7 +574,7 @@ def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, cap
     (contiguous); writes values [T, k] and indices [T, k] int64 (unit column stride).
     ``slices``: use the exact running-list kernels with that many F slices (tests);
     ``capacity`` / ``chunk``: candidate slots per row / rows per chunk (tests); ``tiles``:
-    (BT, BF, BK, GROUP, num_warps, num_stages, ATOMIC_APPEND) of the fused matmul (benchmark
+    (BT, BF, BK, GROUP, num_warps, num_stages, ATOMIC_APPEND[, TMA]) of the fused matmul (benchmark
     sweeps); any of these three selects the candidate path. ``path``: "running" or "candidates"
     (default: ``default_path(T)``)."""
     if path is None:

@@ -38,6 +38,17 @@ KIND_ONLY_ACTIVE = tl.constexpr(4)
 
 
 @triton.jit
+def _coefficients(pre, kind, thr, val, ok):
+    """coef_s per slot (float32): clamp to val (0 when only-active and not active) or add val;
+    0 where not ok or the slot is empty (kind 0)."""
+    active = pre > thr
+    clamp = (kind & KIND_CLAMP) != 0
+    skip = clamp & ((kind & KIND_ONLY_ACTIVE) != 0) & (active == 0)
+    coef = tl.where(clamp, tl.where(skip, 0.0, val - tl.where(active, pre, 0.0)), val)
+    return tl.where(ok & (kind != 0), coef, 0.0)
+
+
+@triton.jit
 def _sae_steer_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, enc_ptr, b_eff_ptr, thr_ptr,
                       dec_ptr, T, d, N, M, stride_x, stride_o,
                       IN_PLACE: tl.constexpr, F32: tl.constexpr, DOT: tl.constexpr, BT: tl.constexpr,
@@ -81,12 +92,8 @@ def _sae_steer_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, 
                 else:
                     pre += tl.dot(xm.to(e.dtype), tl.trans(e))
     pre += tl.load(b_eff_ptr + meta, mask=s_ok, other=0.0).to(tl.float32)
-    active = pre > tl.load(thr_ptr + meta, mask=s_ok, other=0.0).to(tl.float32)
-    val = tl.load(value_ptr + meta, mask=s_ok, other=0.0).to(tl.float32)
-    clamp = (kind & KIND_CLAMP) != 0
-    skip = clamp & ((kind & KIND_ONLY_ACTIVE) != 0) & (active == 0)
-    coef = tl.where(clamp, tl.where(skip, 0.0, val - tl.where(active, pre, 0.0)), val)
-    coef = tl.where(s_ok & (kind != 0), coef, 0.0)
+    coef = _coefficients(pre, kind, tl.load(thr_ptr + meta, mask=s_ok, other=0.0).to(tl.float32),
+                         tl.load(value_ptr + meta, mask=s_ok, other=0.0).to(tl.float32), s_ok)
     # pass 2: y = x + coef @ dec, per configuration present
     for d0 in range(0, d, BD):
         cols = d0 + scols
@@ -142,12 +149,7 @@ def _sae_steer_row_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_p
         val = tl.load(value_ptr + meta, mask=sl_ok, other=0.0)
         s_ok = slots < tl.minimum(nf, M)
         pre = tl.sum(x[None, :] * e.to(tl.float32), axis=1) + b.to(tl.float32)
-        active = pre > th.to(tl.float32)
-        clamp = (kind & KIND_CLAMP) != 0
-        skip = clamp & ((kind & KIND_ONLY_ACTIVE) != 0) & (active == 0)
-        coef = tl.where(clamp, tl.where(skip, 0.0, val.to(tl.float32) - tl.where(active, pre, 0.0)),
-                        val.to(tl.float32))
-        coef = tl.where(s_ok & (kind != 0), coef, 0.0)
+        coef = _coefficients(pre, kind, th.to(tl.float32), val.to(tl.float32), s_ok)
         y = x + tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
         tl.store(o_at, y.to(out_ptr.dtype.element_ty), mask=col_ok)
     elif not IN_PLACE:  # untouched row: bit-identical copy
@@ -159,8 +161,9 @@ def steer_config(T: int, d: int, M: int):
 
     GPU, T <= 16 and d <= 4096: the row kernel, 8 warps (H100, d = 4096, 8 clamps, graph replay:
     1.2 µs at T = 1 and 3.5 µs at T = 16, against 1.8 and 6.5 µs for the chunked kernel below;
-    sae-steer-*-20261124-001052.jsonl). Other T <= 64 (latency): one row per program, all M slots at once as a [M, 2048] tile of
-    broadcast products (d = 4096: two chunks per pass, so four dependent L2 round trips), 8 warps.
+    sae-steer-*-20261124-001052.jsonl). Other T <= 64 (latency): one row per program, all M
+    slots at once as a [M, 2048] tile of broadcast products (d = 4096: two chunks per pass, so
+    four dependent L2 round trips), 8 warps.
     Larger T: 32 rows per program with tl.dot (encoder / decoder rows read once per 32 rows),
     128-column chunks, 4 warps. Pass 2 re-reads the block's rows, which should still be in L2
     (in-flight rows x d x 2 bytes stays near the 50 MB L2 of an H100 with 32-row blocks).
@@ -168,7 +171,7 @@ def steer_config(T: int, d: int, M: int):
     mp = triton.next_power_of_2(M)
     if interpreting():
         return max(16, min(64, triton.next_power_of_2(T))), max(16, mp), min(1024, triton.next_power_of_2(d)), 4, True
-    if T <= 16 and d <= 4096:  # the row kernel: 1.2 / 3.5 µs at T = 1 / 16, d = 4096 (H100, graph replay)
+    if T <= 16 and d <= 4096:  # the row kernel (whole rows in registers: d <= 4096)
         return 1, mp, None, 8, False, "row"
     if T <= 64:
         return 1, mp, min(2048, max(32, triton.next_power_of_2(d))), 8, False

@@ -43,9 +43,6 @@ def _logits(model, ids=IDS):
         return model(input_ids=ids).logits
 
 
-
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["resid_pre", "resid_post", "attn_out", "mlp_out", "attn_heads"])
 def test_site_matches_a_plain_hook_and_detach_restores(family, kind):

@@ -30,9 +30,6 @@ def _logits(model, ids=IDS):
         return model(input_ids=ids).logits
 
 
-
-
-
 def _dec(sae, f):
     return f.double() @ sae.W_dec.double() + sae.b_dec.double()
 

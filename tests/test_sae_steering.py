@@ -23,9 +23,6 @@ CLAMP = {3: 4.0, 17: 0.0, 40: -1.5}  # a target, an ablation, a negative target
 HOT = (3, 17, 40, 90)  # features a TopK test keeps in the top k (see _sae)
 
 
-
-
-
 def _sae(activation, seed=1, **kw):
     """A random SAE; TopK: the HOT features get a large encoder bias, so that they are among the
     top k at every token (where steerkit's f_i = ReLU(pre_i) is the splice's TopK feature)."""

@@ -188,6 +188,7 @@ class _Shape:
         self.max_batch, self.prompt, self.new_tokens = max_batch, prompt, new_tokens
         self.params = _Params(max_batch, self.model.config.hidden_size, device)
         self.engines: Dict[str, object] = {}
+        self.kinds: Dict[str, str] = {}  # steered engine -> the kind its tables hold now
         self.specialise = specialise
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         g = torch.Generator(device="cpu").manual_seed(2)
@@ -223,10 +224,10 @@ class _Shape:
                 self.engines[key] = Engine(self.model, handle, expect=EXPECT[kind] if self.specialise else None, **kw)
             self.log(f"# {self.shape}: engine '{key}' built in {time.time() - t0:.1f} s")
         eng = self.engines[key]
-        if kind is not None and getattr(eng, "_bench_kind", None) != kind:  # (re)write the configurations
+        if kind is not None and self.kinds.get(key) != kind:  # (re)write the configurations
             for j in range(self.max_batch):
                 eng.steering.set(j + 1, {s: self.params.spec(kind, j) for s in self.sites})
-            eng._bench_kind = kind
+            self.kinds[key] = kind
         return eng
 
     def close(self):
@@ -236,6 +237,7 @@ class _Shape:
             if e.steering is not None:
                 e.steering.detach()
         self.engines.clear()
+        self.kinds.clear()
 
     def untouched(self):
         """The model as built, for a path other than the engine: engines closed (their hooks off

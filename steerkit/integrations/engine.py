@@ -188,10 +188,11 @@ def choose(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
 # -- compilation ----------------------------------------------------------------------------------
 # Inductor options for the decode step: kernel names that say which op they come from (profiles)
 # and compiled graphs cached on disk. With these defaults the engine compiles buckets of two sizes
-# differently (H100, 1B shape; benchmarks/results/generate-1b-h100-session5.txt):
+# differently (H100, 1B shape; benchmarks/results/generate-1b-h100-session5.txt and
+# probe-engine-256-h100.txt):
 # - below SMALL_BUCKET (latency-bound steps): coordinate-descent tuning of the Triton kernels'
 #   block sizes, as gpt-fast sets it; it took the batch-1 step from 1.59 to 1.35 ms;
-# - from SMALL_BUCKET up: no tuning (it changed nothing there and tripled compilation), and rows
+# - from SMALL_BUCKET up: no tuning (within 1.1% there, and 2.5x the compile time), and rows
 #   up to PERSISTENT_ROW_LIMIT elements normalised by one persistent reduction: each row is loaded
 #   once and kept in registers. Inductor's own limit is 1024 elements, so wider rows (2048 and 4096
 #   in the benchmark shapes) were reduced by loops that load the row, and every table row the
