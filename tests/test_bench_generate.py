@@ -35,3 +35,42 @@ def test_tiny_engine_rows_and_kinds():
     assert (flags == 0).all() and (scale != 1).all()
     flags, scale, _ = seen["distinct-mix"]
     assert (flags & FLAG_VECTOR).all() and (scale != 1).all()
+
+
+def test_tiny_hf_items_share_one_attachment_per_batch():
+    """Steered transformers items of one path and batch share one attachment (one compilation
+    on a GPU) whose tables hold each row's kind; a new batch or path gets a new one; no hook is
+    left on the model when the shape closes."""
+    seen = []
+    orig = gb._measure
+    shapes = []
+
+    def spy(sh, path, steer, B, rounds, timer):
+        row = orig(sh, path, steer, B, rounds, timer)
+        if steer not in ("unsteered", "hook-add"):
+            handle = sh.hf[1]
+            table = handle.tables[sh.sites[0]]
+            seen.append((path, B, steer, id(handle), table.flags[1:B + 1].clone(), table.scale[1:B + 1].clone()))
+        shapes.append(sh)
+        return row
+
+    gb._measure = spy
+    try:
+        rows = gb.run(shapes=("tiny",), batches=(1, 2), variants=("hf-eager:*", "hf-compiled:distinct-*"),
+                      prompt=5, new_tokens=2, rounds=1, device="cpu", log=lambda s: None)
+    finally:
+        gb._measure = orig
+    kinds = [s for s in gb.STEERS if s.startswith("distinct-")]
+    assert [(r["path"], r["batch"], r["steer"]) for r in rows] == (
+        [("hf-compiled", B, s) for B in (1, 2) for s in kinds] + [("hf-eager", B, s) for B in (1, 2) for s in gb.STEERS])
+    assert all(r.get("built_for") == "all" for r in rows if r["steer"] not in ("unsteered", "hook-add"))
+    groups = {}
+    for path, B, steer, hid, flags, scale in seen:
+        groups.setdefault((path, B), set()).add(hid)
+        kind = "mix" if steer == "shared" else steer.split("-", 1)[1]
+        assert ((flags & FLAG_VECTOR) != 0).all() == (kind in ("add", "mix")), (path, B, steer)
+        assert ((scale != 1).all() if kind in ("scale", "mix") else (scale == 1).all()), (path, B, steer)
+    assert len(groups) == 4 and all(len(h) == 1 for h in groups.values())
+    assert len({h for hs in groups.values() for h in hs}) == 4
+    model = shapes[-1].model
+    assert not [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]

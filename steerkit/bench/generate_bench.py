@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .model_bench import SHAPES, _HookVariant, _Params, _SteerkitVariant, build_model  # noqa: F401 (SHAPES: for the CLI)
+from .model_bench import SHAPES, _HookVariant, _Params, build_model  # noqa: F401 (SHAPES: for the CLI)
 
 PATHS = ("engine", "engine-plain", "engine-tuned", "engine-autotune", "hf-compiled", "hf-eager", "repeng",
          "steering-vectors")
@@ -97,9 +97,9 @@ def plan(shapes: Sequence[str], batches: Sequence[int], variants: Sequence[str] 
     add(HEADLINE_1B, "repeng", "shared", 64)
     add(HEADLINE_1B, "steering-vectors", "shared", 64)
     for shape in shapes:  # then everything else, grouped by shape (one model in memory at a time)
-        for path in PATHS:
-            for steer in STEERS:
-                for B in batches:
+        for path in PATHS:  # and by batch (steered transformers items of one batch share a compilation)
+            for B in batches:
+                for steer in STEERS:
                     add(shape, path, steer, B)
     return items
 
@@ -188,7 +188,8 @@ class _Shape:
         self.max_batch, self.prompt, self.new_tokens = max_batch, prompt, new_tokens
         self.params = _Params(max_batch, self.model.config.hidden_size, device)
         self.engines: Dict[str, object] = {}
-        self.kinds: Dict[str, str] = {}  # steered engine -> the kind its tables hold now
+        self.kinds: Dict[str, str] = {}  # steered engine (or "hf") -> the kind its tables hold now
+        self.hf: Optional[Tuple[Tuple[str, int], object]] = None  # ((path, batch), steerkit attachment)
         self.specialise = specialise
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         g = torch.Generator(device="cpu").manual_seed(2)
@@ -204,6 +205,7 @@ class _Shape:
         from steerkit.integrations import attach
         from steerkit.integrations.engine import ENGINE_INDUCTOR, Engine
 
+        self._drop_hf()  # the engine compiles the model without transformers' paths' hooks
         built = "none" if kind is None else (kind if self.specialise else "all")
         key = f"{path}/{built}"
         if key not in self.engines:
@@ -230,14 +232,45 @@ class _Shape:
             self.kinds[key] = kind
         return eng
 
+    def hf_steering(self, path: str, B: int, kind: str):
+        """transformers' paths: steerkit at every site, tables (in the model's dtype) built for
+        every kind and holding ``kind`` configurations 1..max_batch. One attachment, and so one
+        compilation of transformers' compiled forward, serves every steered item of the same path
+        and batch (as in serving, where requests of every kind share the graphs); the model is
+        restored first (``untouched``) when the path or batch changes. With ``specialise`` each
+        item gets its own attachment, compiled for its kind only."""
+        from steerkit.integrations import attach
+
+        key = (path, B)
+        if self.hf is None or self.hf[0] != key or self.specialise:
+            self.untouched()
+            handle = attach(self.model, self.sites, capacity=self.max_batch, max_directions=1, dtype=self.model.dtype)
+            for t in handle.tables.values():
+                t.expect(**(EXPECT[kind] if self.specialise else EXPECT["mix"]))
+            self.hf = (key, handle)
+        handle = self.hf[1]
+        if self.kinds.get("hf") != kind:
+            for j in range(self.max_batch):
+                handle.set(j + 1, {s: self.params.spec(kind, j) for s in self.sites})
+            self.kinds["hf"] = kind
+        return handle
+
     def close(self):
-        """Close every engine: hooks detached, graphs and caches freed."""
+        """Close every engine and the transformers paths' attachment: hooks detached, graphs and
+        caches freed."""
         for e in self.engines.values():
             e.close()
             if e.steering is not None:
                 e.steering.detach()
         self.engines.clear()
+        self._drop_hf()
         self.kinds.clear()
+
+    def _drop_hf(self):
+        if self.hf is not None:
+            self.hf[1].detach()
+            self.hf = None
+            self.kinds.pop("hf", None)
 
     def untouched(self):
         """The model as built, for a path other than the engine: engines closed (their hooks off
@@ -290,7 +323,8 @@ def _measure(sh: _Shape, path: str, steer: str, B: int, rounds: int, timer: _Tim
         def gen(n):
             eng.generate(prompts, steering=config_ids, max_new_tokens=n, stop=())
     else:
-        sh.untouched()
+        if not (path in ("hf-compiled", "hf-eager") and kind):
+            sh.untouched()
         dev_ids = ids.to(sh.device)
         mask = torch.ones_like(dev_ids)
         kw = dict(attention_mask=mask, do_sample=False, pad_token_id=0)
@@ -300,9 +334,9 @@ def _measure(sh: _Shape, path: str, steer: str, B: int, rounds: int, timer: _Tim
             kw.update(cache_implementation="static", max_cache_len=sh.prompt + N)
         target = model
         if path in ("hf-compiled", "hf-eager") and kind:
-            v = _SteerkitVariant(model, kind, sh.params, B)
-            v.on(torch.tensor(config_ids, dtype=torch.int32, device=sh.device))
-            cleanup.append(v.handle.detach)
+            handle = sh.hf_steering(path, B, kind)
+            handle.assign(torch.tensor(config_ids, dtype=torch.int32, device=sh.device))
+            cleanup.append(lambda: handle.assign(None))
         elif steer == "hook-add":
             hv = _HookVariant(model, "add", sh.params)
             hv.on(torch.arange(1, B + 1, device=sh.device))
@@ -351,9 +385,10 @@ def _measure(sh: _Shape, path: str, steer: str, B: int, rounds: int, timer: _Tim
             row["replay_ms"] = _replay_ms(graph)
         row["inductor"] = ENGINE_PATHS[path] if isinstance(ENGINE_PATHS[path], str) else (
             "engine" if ENGINE_PATHS[path] is None else "default")
-        if kind is not None:
-            row["built_for"] = kind if sh.specialise else "all"
-            row["table_dtype"] = str(eng.steering.tables[sh.sites[0]].vec.dtype).replace("torch.", "")
+    steering = eng.steering if path in ENGINE_PATHS else (sh.hf[1] if sh.hf is not None else None)
+    if kind is not None and steering is not None:
+        row["built_for"] = kind if sh.specialise else "all"
+        row["table_dtype"] = str(steering.tables[sh.sites[0]].vec.dtype).replace("torch.", "")
     return row
 
 
