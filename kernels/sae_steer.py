@@ -10,13 +10,27 @@ SaeSteeringTable (M feature slots per configuration; see steerkit.ops.reference_
 All f_s are computed on the input row. c == 0 and c outside [0, N) leave the row untouched (in
 place: never written, and not read either).
 
-A program owns BT rows. Pass 1 walks d in BD-wide chunks and, for each configuration present in
-the block, computes the [BT, MP] pre-activations of all its slots at once with tl.dot (rows of
-other configurations masked to zero): each configuration's encoder rows are read once per block,
-not once per row. Pass 2 walks d again: y = x + coef_c @ dec_c for each configuration present
-(coef in fp32, split into a high and a low 16-bit part so tensor cores keep ~16 bits of it), and
-stores the changed rows. Small T (latency): one row per program and broadcast products instead
-of tl.dot (which needs 16 rows); large T: BT = 32 rows with tl.dot.
+Block kernel (_sae_steer_kernel): a program owns BT rows. Pass 1 walks d in BD-wide chunks and,
+for each configuration present in the block, computes the [BT, MP] pre-activations of all its
+slots at once with tl.dot (rows of other configurations masked to zero): each configuration's
+encoder rows are read once per block, not once per row. Pass 2 walks d again: y = x + coef_c @
+dec_c for each configuration present (coef in fp32, split into a high and a low 16-bit part so
+tensor cores keep ~16 bits of it), and stores the changed rows. Small T (latency): one row per
+program and broadcast products instead of tl.dot (which needs 16 rows). Its d loops hold a loop
+over configurations with a data-dependent branch around the encoder / decoder loads: every chunk
+is a chain of dependent L2 round trips and nothing pipelines (H100, T = d = 4096, 4 configs:
+112-146 µs with tl.dot, 23% of the floor at best).
+Group kernel (_sae_steer_group_kernel, ("group", G, num_stages) in the launch configuration):
+BT rows against G consecutive configurations g0..g0+G-1 at once. Per chunk, pass 1 loads one
+[G*MP, BD] tile of encoder rows and does one tl.dot x[BT, BD] @ enc^T -> [BT, G*MP]; row t keeps
+the columns of its own configuration (column j: configuration g0 + j // MP, slot j % MP), so
+coef is 0 elsewhere; pass 2 is y = x + coef @ dec[G*MP, BD] (hi + lo dots as above), chunks in
+reverse order (the block's last chunks read are the likeliest still in L2). No branch in the d
+loops: their loads pipeline over num_stages. g0 starts at the block's smallest configuration and
+moves to the next one present >= g0 + G: one iteration when the block's ids span < G (rows of a
+request are contiguous in real prefill, so blocks hold 1-2 configurations); more ids take more
+iterations (correct, slower: each re-reads the encoder / decoder tiles, and does the dots on the
+whole block with the other rows masked; each row is still read twice and written once).
 Row kernel ("row" in the launch configuration; the default for T <= 16 and d <= 4096 on a GPU):
 one row per program with the whole row in one BD >= d chunk. The loads of x and of the
 configuration's encoder AND decoder rows are all issued up front (their addresses depend only on
@@ -24,8 +38,11 @@ the config id), so the decoder rows arrive during the reduction: two dependent r
 (the config id, then everything else). Untouched rows skip the math (a scalar branch).
 Floor: read + write T*d elements of h plus the encoder and decoder rows of the configurations in
 use (2*M*d elements each), once (hot in L2; read once per block of BT rows from there). H100,
-T = 4096, d = 4096, bf16: 67 MB of h -> ~22 µs at 3.0 TB/s. Small T: latency (launch + four L2
-round trips at d = 4096), target <= 3 µs under CUDA-graph replay.
+T = 4096, d = 4096, bf16: 67 MB of h -> ~22.5 µs at 3.0 TB/s; target 70% (~32 µs). The group
+kernel's second read of each row should come from L2 (~BT*d*2 bytes per resident program), and
+its L2 traffic for encoder / decoder tiles is 2*G*MP*d*2 bytes per block and group (G*MP = 32,
+BT = 32: as much as the block's HBM read + write of h). Small T: latency (launch + four L2 round trips at
+d = 4096), target <= 3 µs under CUDA-graph replay.
 """
 import torch
 import triton
@@ -122,6 +139,84 @@ def _sae_steer_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, 
 
 
 @triton.jit
+def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, enc_ptr, b_eff_ptr, thr_ptr,
+                            dec_ptr, T, d, N, M, stride_x, stride_o,
+                            IN_PLACE: tl.constexpr, F32: tl.constexpr, BT: tl.constexpr, MP: tl.constexpr,
+                            BD: tl.constexpr, G: tl.constexpr, KEEP: tl.constexpr):
+    """BT rows against G consecutive configurations at once ("group" launch configurations): one
+    [G*MP, BD] tile of encoder (then decoder) rows per chunk and one tl.dot, no branch in the d
+    loops (their loads pipeline over num_stages). Column j of the [BT, G*MP] tiles is slot j % MP
+    of configuration g0 + j // MP; row t keeps only the columns of its own configuration."""
+    GM: tl.constexpr = G * MP
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    row_ok = rows < T
+    cfg = tl.load(cfg_ptr + rows, mask=row_ok, other=0)
+    on = row_ok & (cfg > 0) & (cfg < N)  # rows this op changes
+    xrow = rows.to(tl.int64)[:, None] * stride_x
+    orow = rows.to(tl.int64)[:, None] * stride_o
+    scols = tl.arange(0, BD)
+    j = tl.arange(0, GM)
+    slot = j % MP
+    n_chunks = tl.cdiv(d, BD)
+    # groups start at the smallest configuration not yet done: normally one iteration (rows of a
+    # request are contiguous in real prefill); a block spanning more than G ids takes several
+    g0 = tl.min(tl.where(on, cfg, N), axis=0)
+    while g0 < N:
+        gcfg = g0 + j // MP  # [GM] configuration of column j
+        t_ok = (gcfg < N) & (slot < M)
+        meta = gcfg * M + slot  # [GM] table entry of column j
+        tile = meta.to(tl.int64)[:, None] * d  # [GM, 1] row offsets in enc / dec
+        mine = on & (cfg >= g0) & (cfg < g0 + G)  # [BT] rows of this group
+        nf = tl.minimum(tl.load(n_feat_ptr + gcfg, mask=gcfg < N, other=0), M)  # [GM] n_feat of column j's config
+        own = mine[:, None] & (cfg[:, None] == gcfg[None, :]) & (slot < nf)[None, :]  # [BT, GM]
+        # pass 1: pre-activations [BT, GM], one dot per chunk
+        pre = tl.zeros([BT, GM], tl.float32)
+        for d0 in range(0, d, BD):
+            cols = d0 + scols
+            col_ok = cols < d
+            # KEEP: ask L2 to keep the rows for pass 2's re-read (and the shared tiles)
+            x = tl.load(x_ptr + xrow + cols[None, :], mask=mine[:, None] & col_ok[None, :], other=0.0,
+                        eviction_policy="evict_last" if KEEP else "")
+            e = tl.load(enc_ptr + tile + cols[None, :], mask=t_ok[:, None] & col_ok[None, :], other=0.0,
+                        eviction_policy="evict_last" if KEEP else "")
+            if F32:
+                pre = tl.dot(x.to(tl.float32), tl.trans(e.to(tl.float32)), acc=pre, input_precision="ieee")
+            else:
+                pre = tl.dot(x.to(e.dtype), tl.trans(e), acc=pre)
+        # the group's metadata as [GM] vectors, broadcast over rows; coef is 0 outside `own`
+        pre += tl.load(b_eff_ptr + meta, mask=t_ok, other=0.0).to(tl.float32)[None, :]
+        coef = _coefficients(pre, tl.load(kind_ptr + meta, mask=t_ok, other=0)[None, :],
+                             tl.load(thr_ptr + meta, mask=t_ok, other=0.0).to(tl.float32)[None, :],
+                             tl.load(value_ptr + meta, mask=t_ok, other=0.0).to(tl.float32)[None, :], own)
+        if not F32:  # fp32 coef as a high and a low 16-bit part: tensor cores keep ~16 bits of it
+            hi = coef.to(dec_ptr.dtype.element_ty)
+            lo = (coef - hi.to(tl.float32)).to(dec_ptr.dtype.element_ty)
+        # pass 2: y = x + coef @ dec, chunks in reverse order (the block's last rows read are the
+        # likeliest still in L2)
+        for i in range(0, n_chunks):
+            cols = (n_chunks - 1 - i) * BD + scols
+            col_ok = cols < d
+            ok = mine[:, None] & col_ok[None, :]
+            x_raw = tl.load(x_ptr + xrow + cols[None, :], mask=ok, other=0.0,
+                            eviction_policy="evict_first" if KEEP else "")
+            w = tl.load(dec_ptr + tile + cols[None, :], mask=t_ok[:, None] & col_ok[None, :], other=0.0,
+                        eviction_policy="evict_last" if KEEP else "")
+            if F32:
+                y = tl.dot(coef, w.to(tl.float32), acc=x_raw.to(tl.float32), input_precision="ieee")
+            else:
+                y = tl.dot(lo, w, acc=tl.dot(hi, w, acc=x_raw.to(tl.float32)))
+            tl.store(out_ptr + orow + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=ok)
+        g0 = tl.min(tl.where(on & (cfg >= g0 + G), cfg, N), axis=0)
+    if not IN_PLACE:  # untouched rows: bit-identical copy (only blocks that hold some)
+        keep = row_ok & (on == 0)
+        if tl.max(keep.to(tl.int32), axis=0) > 0:
+            for d0 in range(0, d, BD):
+                cols = d0 + scols
+                ok = keep[:, None] & (cols < d)[None, :]
+                tl.store(out_ptr + orow + cols[None, :], tl.load(x_ptr + xrow + cols[None, :], mask=ok), mask=ok)
+
+
+@triton.jit
 def _sae_steer_row_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, enc_ptr, b_eff_ptr, thr_ptr,
                           dec_ptr, d, N, M, stride_x, stride_o,
                           IN_PLACE: tl.constexpr, MP: tl.constexpr, BD: tl.constexpr):
@@ -157,7 +252,7 @@ def _sae_steer_row_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_p
 
 
 def steer_config(T: int, d: int, M: int):
-    """(BT, MP, BD, num_warps, DOT[, "row"]).
+    """(BT, MP, BD, num_warps, DOT[, "row"]); sae_steer's docstring lists the "group" form.
 
     GPU, T <= 16 and d <= 4096: the row kernel, 8 warps (H100, d = 4096, 8 clamps, graph replay:
     1.2 µs at T = 1 and 3.5 µs at T = 16, against 1.8 and 6.5 µs for the chunked kernel below;
@@ -175,38 +270,89 @@ def steer_config(T: int, d: int, M: int):
         return 1, mp, None, 8, False, "row"
     if T <= 64:
         return 1, mp, min(2048, max(32, triton.next_power_of_2(d))), 8, False
+    # Expected, to be confirmed by the H100 sweep (SWEEP's "group" entries) before changing this:
+    # the group kernel replaces the block kernel here, at 2-3x its speed (pipelined loads, one dot
+    # per chunk instead of one L2 round trip per configuration and chunk); likely BT = 32 (or 16:
+    # more programs than SMs), BD = 128, G = 4 for M = 8 (G * MP = 32 covers the benchmark's
+    # random configurations 1..4 in one group), 8 warps, 3-4 stages; hoped 50-70% of the floor
+    # (how much of pass 2's re-read and of the encoder / decoder tiles L2 serves decides).
     return 32, max(16, mp), 128, 4, True
+
+
+def _pow2(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v & (v - 1) == 0
+
+
+def _check_cfg(cfg, M: int):
+    """Validate a launch configuration; returns its tag: None (block kernel), "row" or "group"."""
+    if not isinstance(cfg, tuple) or len(cfg) < 5:
+        raise ValueError(f"sae_steer: cfg must be a tuple (BT, MP, BD, num_warps, DOT[, tag, ...]), got {cfg!r}")
+    bt, mp, bd, warps, _ = cfg[:5]
+    tag = cfg[5] if len(cfg) > 5 else None
+    if (len(cfg) > 5 and tag not in ("row", "group")) or (tag == "row" and len(cfg) != 6):
+        raise ValueError(f"sae_steer: cfg must end after DOT, with \"row\", or with \"group\", G, num_stages; "
+                         f"got {cfg!r}")
+    if not (_pow2(bt) and _pow2(mp) and mp >= M and _pow2(warps) and warps <= 32 and (bd is None or _pow2(bd))):
+        raise ValueError(f"sae_steer: cfg needs powers of two BT, MP >= M = {M}, BD, num_warps <= 32; got {cfg!r}")
+    if tag == "group":
+        if len(cfg) not in (8, 9) or (len(cfg) == 9 and not isinstance(cfg[8], bool)):
+            raise ValueError(f"sae_steer: a group cfg is (BT, MP, BD, num_warps, DOT, \"group\", G, num_stages"
+                             f"[, keep: bool]), got {cfg!r}")
+        g, stages = cfg[6:8]
+        if not (_pow2(g) and g * mp >= 16 and bt >= 16 and bd is not None and bd >= 16
+                and isinstance(stages, int) and not isinstance(stages, bool) and 1 <= stages <= 8):
+            raise ValueError(f"sae_steer: a group cfg needs power-of-two G with G * MP >= 16, BT >= 16 and "
+                             f"BD >= 16 (tl.dot), 1 <= num_stages <= 8; got {cfg!r}")
+    return tag
 
 
 def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=None):
     """x, out: [T, d]; config [T] int32; the SaeSteeringTable tensors (contiguous).
-    ``cfg``: (BT, MP, BD, num_warps, DOT) instead of steer_config's, or (1, MP, BD, num_warps, DOT,
-    "row") for the row kernel (BD >= d; None: next_pow2(d); DOT is ignored)."""
+    ``cfg`` instead of steer_config's: (BT, MP, BD, num_warps, DOT) for the block kernel,
+    (1, MP, BD, num_warps, DOT, "row") for the row kernel (BD >= d; None: next_pow2(d); DOT is
+    ignored) or (BT, MP, BD, num_warps, DOT, "group", G, num_stages) for the group kernel (G
+    configurations per tl.dot, G * MP >= 16, BT >= 16; DOT is ignored). ValueError otherwise."""
     T, d = x.shape
     if T == 0 or d == 0:
         return
     in_place = x.data_ptr() == out.data_ptr()
     N, M = kind.shape
-    cfg = cfg or steer_config(T, d, M)
+    cfg = tuple(cfg) if cfg else steer_config(T, d, M)
+    tag = _check_cfg(cfg, M)
     bt, mp, bd, warps, dot = cfg[:5]
-    if tuple(cfg[5:]) == ("row",):
+    args = (x, out, config, n_feat, kind, value, enc, b_eff, thr, dec)
+    if tag == "row":
         bd = bd or triton.next_power_of_2(d)
         if bt != 1 or bd < d:
             raise ValueError(f"the row kernel needs BT = 1 and BD >= d = {d}, got {cfg}")
-        _sae_steer_row_kernel[(T,)](
-            x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, d, N, M, x.stride(0), out.stride(0),
-            IN_PLACE=in_place, MP=mp, BD=bd, num_warps=warps)
+        _sae_steer_row_kernel[(T,)](*args, d, N, M, x.stride(0), out.stride(0),
+                                    IN_PLACE=in_place, MP=mp, BD=bd, num_warps=warps)
         return
     f32 = torch.float32 in (x.dtype, enc.dtype, dec.dtype) or enc.dtype != dec.dtype
+    if tag == "group":
+        g, stages = cfg[6:8]
+        keep = cfg[8] if len(cfg) == 9 else False
+        _sae_steer_group_kernel[(triton.cdiv(T, bt),)](
+            *args, T, d, N, M, x.stride(0), out.stride(0),
+            IN_PLACE=in_place, F32=f32, BT=bt, MP=mp, BD=bd, G=g, KEEP=keep, num_warps=warps, num_stages=stages)
+        return
+    if bd is None:
+        raise ValueError(f"sae_steer: the block kernel needs a BD, got {cfg!r}")
     _sae_steer_kernel[(triton.cdiv(T, bt),)](
-        x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, T, d, N, M, x.stride(0), out.stride(0),
+        *args, T, d, N, M, x.stride(0), out.stride(0),
         IN_PLACE=in_place, F32=f32, DOT=dot, BT=bt, MP=mp, BD=bd, num_warps=warps)
 
 
-# configurations the benchmark sweeps (BT, MP, BD, num_warps, DOT): at T >= 4096, and at small T
-# (with the row kernel: BD None = next_pow2(d))
-SWEEP = [(32, 16, 128, 4, True), (64, 16, 128, 8, True), (16, 16, 256, 4, True), (32, 16, 256, 8, True),
-         (1, 8, 2048, 8, False)]
+# configurations the benchmark sweeps: at T >= 4096, and at small T (with the row kernel: BD None =
+# next_pow2(d)). (BT, MP, BD, num_warps, DOT) for the block kernel; group kernel entries add
+# "group", G, num_stages (MP 8 = the benchmark's M: G = 4 covers its configurations 1..4 in one dot).
+SWEEP = [(32, 16, 128, 4, True), (1, 8, 2048, 8, False),
+         (16, 8, 256, 8, True, "group", 4, 3), (16, 8, 256, 8, True, "group", 4, 3, True),
+         (16, 8, 256, 8, True, "group", 4, 4), (16, 8, 256, 4, True, "group", 4, 3),
+         (16, 8, 512, 8, True, "group", 4, 2), (16, 8, 128, 8, True, "group", 4, 4),
+         (32, 8, 128, 8, True, "group", 4, 4), (32, 8, 128, 8, True, "group", 4, 4, True),
+         (32, 8, 256, 8, True, "group", 4, 3), (32, 8, 256, 8, True, "group", 4, 2, True),
+         (32, 8, 64, 4, True, "group", 4, 4), (32, 8, 64, 4, True, "group", 4, 4, True)]
 SWEEP_SMALL = [(1, 8, 2048, 8, False), (1, 8, 4096, 16, False), (1, 8, 1024, 4, False), (1, 8, 512, 4, False),
                (16, 16, 512, 4, True), (1, 8, None, 8, False, "row"), (1, 8, None, 16, False, "row"),
                (1, 8, None, 32, False, "row")]

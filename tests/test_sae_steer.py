@@ -263,3 +263,105 @@ def test_row_kernel_needs_the_whole_row():
         K.sae_steer(h, out, config, *tables, cfg=(1, 8, 32, 4, False, "row"))
     K.sae_steer(h, out, config, *tables, cfg=(1, 8, 128, 4, False, "row"))  # any BD >= d
     close(out, R.sae_steer(h, config, *tables), torch.float32)
+
+
+GROUP_CFGS = [(16, 8, 64, 4, True, "group", 2, 2),  # 16-row blocks over ids 1..6: up to 3 groups
+              (32, 8, 16, 4, True, "group", 4, 3),  # d in many chunks; ids 1..6 in 2 groups
+              (16, 16, 32, 4, True, "group", 1, 3),  # MP > M: padding slots; one id per group
+              (16, 8, 64, 4, True, "group", 4, 2, True)]  # L2 eviction hints
+
+
+@pytest.mark.parametrize("dtype", SAE_DTYPES)
+@pytest.mark.parametrize("T,d", [(7, 8), (40, 769)])
+@pytest.mark.parametrize("cfg", GROUP_CFGS)
+@pytest.mark.parametrize("in_place", [True, False])
+def test_group_kernel(dtype, T, d, cfg, in_place):
+    """The group kernel (BT rows x G configurations per tl.dot, no branch in the d loops) against
+    the reference: every slot kind, n_feat < M, config 0 and out-of-range ids (bit-identical),
+    blocks spanning more ids than G (the group loop runs several times), d not a multiple of BD."""
+    import steerkit.kernels as K
+
+    N, M = 7, 8
+    tables = _random_steering(N, M, d, dtype)
+    h = randn(T, d, dtype=dtype)
+    h[:, ::7] = -0.0  # x + 0 would turn these into +0.0
+    config = torch.randint(0, N, (T,), device=DEVICE, dtype=torch.int32)
+    config[:3] = torch.tensor([0, -1, N], device=DEVICE, dtype=torch.int32)
+    config[3:7] = torch.tensor([6, 1, 3, 2], device=DEVICE, dtype=torch.int32)  # ids 1..6 in one block
+    if T > 7:
+        config[7:] = torch.randint(-1, N + 2, (T - 7,), device=DEVICE, dtype=torch.int32)
+        config[-1] = 2 ** 31 - 1
+    ref = R.sae_steer(h.float(), config, *tables)
+    out = h.clone() if in_place else torch.full_like(h, float("nan"))
+    K.sae_steer(out if in_place else h, out, config, *tables, cfg=cfg)
+    close(out, ref, dtype)
+    keep = (config < 1) | (config >= N)
+    assert _same_bits(out[keep], h[keep]), "untouched rows changed"
+    assert not torch.equal(out[~keep], h[~keep])
+
+
+@pytest.mark.parametrize("cfg", [(32, 8, 64, 4, True, "group", 4), (32, 8, 64, 4, True, "grp", 4, 2),
+                                 (32, 8, 64, 4, True, "group", 1, 2), (8, 8, 64, 4, True, "group", 2, 2),
+                                 (32, 4, 64, 4, True, "group", 4, 2), (32, 8, 64, 4, True, "group", 3, 2),
+                                 (32, 8, 64, 4, True, "group", 2, 0), (32, 8, None, 4, True, "group", 2, 2),
+                                 (32, 8, 64, 4), (1, 8, None, 4, False, "row", 2),
+                                 (32, 8, 64, 4, True, "group", 2, 2, 1)])
+def test_malformed_launch_configs(cfg):
+    import steerkit.kernels as K
+
+    h = randn(3, 40)
+    tables = _random_steering(3, 8, 40, torch.float32)
+    with pytest.raises(ValueError, match="cfg"):
+        K.sae_steer(h, torch.empty_like(h), torch.ones(3, device=DEVICE, dtype=torch.int32), *tables, cfg=cfg)
+
+
+# Compile every "group" SWEEP entry for sm_90 as a GPU launch at T = d = 4096 would (arguments
+# divisible by 16 marked so, the entry's num_stages) and check that the d loops' loads pipeline
+# (asynchronous copies in the compiled kernel). tests/test_triton_compile.py compiles SWEEP too,
+# but without num_stages or the divisibility specialisation.
+GROUP_COMPILE = r"""
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import importlib
+KS = importlib.import_module("steerkit.kernels.sae_steer")
+k, fails = KS._sae_steer_group_kernel, 0
+INT = ("cfg_ptr", "n_feat_ptr", "kind_ptr")
+F32 = ("value_ptr", "b_eff_ptr", "thr_ptr")
+for c in [c for c in KS.SWEEP if c[5:6] == ("group",)]:
+    bt, mp, bd, warps, _, _, g, stages = c[:8]
+    keep = c[8] if len(c) > 8 else False
+    for dt, in_place in (("bf16", True), ("fp16", False)):
+        sig, consts, attrs = {}, {}, {}
+        for i, n in enumerate(k.arg_names):
+            if i in k.constexprs:
+                sig[n] = "constexpr"
+                consts[n] = dict(IN_PLACE=in_place, F32=False, BT=bt, MP=mp, BD=bd, G=g, KEEP=keep)[n]
+                continue
+            sig[n] = "*i32" if n in INT else "*fp32" if n in F32 else "*" + dt if n.endswith("_ptr") else "i32"
+            if n.endswith("_ptr") or n in ("T", "d", "stride_x", "stride_o"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        try:
+            ck = triton.compile(ASTSource(fn=k, signature=sig, constexprs=consts, attrs=attrs),
+                                target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+            if "async_copy" not in ck.asm["ttgir"]:
+                fails += 1
+                print("NOT PIPELINED", c, dt)
+        except Exception as e:
+            fails += 1
+            print("FAILED", c, dt, type(e).__name__, str(e)[:400])
+print("failures:", fails)
+sys.exit(1 if fails else 0)
+"""
+
+
+def test_group_sweep_compiles_for_hopper_with_pipelined_loads():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", GROUP_COMPILE], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
