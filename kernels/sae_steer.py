@@ -38,10 +38,10 @@ the config id), so the decoder rows arrive during the reduction: two dependent r
 (the config id, then everything else). Untouched rows skip the math (a scalar branch).
 Floor: read + write T*d elements of h plus the encoder and decoder rows of the configurations in
 use (2*M*d elements each), once (hot in L2; read once per block of BT rows from there). H100,
-T = 4096, d = 4096, bf16: 67 MB of h -> ~22.5 µs at 3.0 TB/s; target 70% (~32 µs). The group
-kernel's second read of each row should come from L2 (~BT*d*2 bytes per resident program), and
-its L2 traffic for encoder / decoder tiles is 2*G*MP*d*2 bytes per block and group (G*MP = 32,
-BT = 32: as much as the block's HBM read + write of h). Small T: latency (launch + four L2 round trips at
+T = 4096, d = 4096, bf16: 67 MB of h -> ~22.5 µs at 3.0 TB/s; target 70% (~32 µs). Measured
+(group kernel, steer_config's defaults): 68% at T = 4096, 62% at T = 16384. Were pass 2's
+re-read of each row served by HBM rather than L2, h would cross HBM three times: a 67% ceiling;
+its L2 traffic for encoder / decoder tiles is 2*G*MP*d*2 bytes per block and group. Small T: latency (launch + four L2 round trips at
 d = 4096), target <= 3 µs under CUDA-graph replay.
 """
 import torch
@@ -142,7 +142,7 @@ def _sae_steer_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, 
 def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, enc_ptr, b_eff_ptr, thr_ptr,
                             dec_ptr, T, d, N, M, stride_x, stride_o,
                             IN_PLACE: tl.constexpr, F32: tl.constexpr, BT: tl.constexpr, MP: tl.constexpr,
-                            BD: tl.constexpr, G: tl.constexpr, KEEP: tl.constexpr):
+                            BD: tl.constexpr, G: tl.constexpr):
     """BT rows against G consecutive configurations at once ("group" launch configurations): one
     [G*MP, BD] tile of encoder (then decoder) rows per chunk and one tl.dot, no branch in the d
     loops (their loads pipeline over num_stages). Column j of the [BT, G*MP] tiles is slot j % MP
@@ -174,11 +174,8 @@ def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value
         for d0 in range(0, d, BD):
             cols = d0 + scols
             col_ok = cols < d
-            # KEEP: ask L2 to keep the rows for pass 2's re-read (and the shared tiles)
-            x = tl.load(x_ptr + xrow + cols[None, :], mask=mine[:, None] & col_ok[None, :], other=0.0,
-                        eviction_policy="evict_last" if KEEP else "")
-            e = tl.load(enc_ptr + tile + cols[None, :], mask=t_ok[:, None] & col_ok[None, :], other=0.0,
-                        eviction_policy="evict_last" if KEEP else "")
+            x = tl.load(x_ptr + xrow + cols[None, :], mask=mine[:, None] & col_ok[None, :], other=0.0)
+            e = tl.load(enc_ptr + tile + cols[None, :], mask=t_ok[:, None] & col_ok[None, :], other=0.0)
             if F32:
                 pre = tl.dot(x.to(tl.float32), tl.trans(e.to(tl.float32)), acc=pre, input_precision="ieee")
             else:
@@ -197,10 +194,8 @@ def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value
             cols = (n_chunks - 1 - i) * BD + scols
             col_ok = cols < d
             ok = mine[:, None] & col_ok[None, :]
-            x_raw = tl.load(x_ptr + xrow + cols[None, :], mask=ok, other=0.0,
-                            eviction_policy="evict_first" if KEEP else "")
-            w = tl.load(dec_ptr + tile + cols[None, :], mask=t_ok[:, None] & col_ok[None, :], other=0.0,
-                        eviction_policy="evict_last" if KEEP else "")
+            x_raw = tl.load(x_ptr + xrow + cols[None, :], mask=ok, other=0.0)
+            w = tl.load(dec_ptr + tile + cols[None, :], mask=t_ok[:, None] & col_ok[None, :], other=0.0)
             if F32:
                 y = tl.dot(coef, w.to(tl.float32), acc=x_raw.to(tl.float32), input_precision="ieee")
             else:
@@ -259,9 +254,11 @@ def steer_config(T: int, d: int, M: int):
     sae-steer-*-20261124-001052.jsonl). Other T <= 64 (latency): one row per program, all M
     slots at once as a [M, 2048] tile of broadcast products (d = 4096: two chunks per pass, so
     four dependent L2 round trips), 8 warps.
-    Larger T: 32 rows per program with tl.dot (encoder / decoder rows read once per 32 rows),
-    128-column chunks, 4 warps. Pass 2 re-reads the block's rows, which should still be in L2
-    (in-flight rows x d x 2 bytes stays near the 50 MB L2 of an H100 with 32-row blocks).
+    Larger T: the group kernel (H100, bf16, 8 clamps x 4 configurations drawn at random per row;
+    sae-steer-*-20261124-013403.jsonl): 16 rows x 256 columns, 4 warps, 3 stages below T = 8192
+    (T = 4096: 68% of the floor at d = 4096, 64% at d = 2304; the block kernel it replaces took
+    15%); 32 rows x 128 columns, 8 warps, 4 stages from 8192 (T = 16384: 62-65%). L2 eviction
+    hints (keep the rows for pass 2) changed nothing measurable.
     Interpreter: large blocks."""
     mp = triton.next_power_of_2(M)
     if interpreting():
@@ -270,13 +267,11 @@ def steer_config(T: int, d: int, M: int):
         return 1, mp, None, 8, False, "row"
     if T <= 64:
         return 1, mp, min(2048, max(32, triton.next_power_of_2(d))), 8, False
-    # Expected, to be confirmed by the H100 sweep (SWEEP's "group" entries) before changing this:
-    # the group kernel replaces the block kernel here, at 2-3x its speed (pipelined loads, one dot
-    # per chunk instead of one L2 round trip per configuration and chunk); likely BT = 32 (or 16:
-    # more programs than SMs), BD = 128, G = 4 for M = 8 (G * MP = 32 covers the benchmark's
-    # random configurations 1..4 in one group), 8 warps, 3-4 stages; hoped 50-70% of the floor
-    # (how much of pass 2's re-read and of the encoder / decoder tiles L2 serves decides).
-    return 32, max(16, mp), 128, 4, True
+    # the group kernel, G * MP = 32 columns per tl.dot (4 configurations of 8 slots)
+    g = max(1, 32 // mp)
+    if T >= 8192:
+        return 32, mp, 128, 8, True, "group", g, 4
+    return 16, mp, 256, 4, True, "group", g, 3
 
 
 def _pow2(v):
@@ -295,10 +290,10 @@ def _check_cfg(cfg, M: int):
     if not (_pow2(bt) and _pow2(mp) and mp >= M and _pow2(warps) and warps <= 32 and (bd is None or _pow2(bd))):
         raise ValueError(f"sae_steer: cfg needs powers of two BT, MP >= M = {M}, BD, num_warps <= 32; got {cfg!r}")
     if tag == "group":
-        if len(cfg) not in (8, 9) or (len(cfg) == 9 and not isinstance(cfg[8], bool)):
-            raise ValueError(f"sae_steer: a group cfg is (BT, MP, BD, num_warps, DOT, \"group\", G, num_stages"
-                             f"[, keep: bool]), got {cfg!r}")
-        g, stages = cfg[6:8]
+        if len(cfg) != 8:
+            raise ValueError(f"sae_steer: a group cfg is (BT, MP, BD, num_warps, DOT, \"group\", G, num_stages), "
+                             f"got {cfg!r}")
+        g, stages = cfg[6:]
         if not (_pow2(g) and g * mp >= 16 and bt >= 16 and bd is not None and bd >= 16
                 and isinstance(stages, int) and not isinstance(stages, bool) and 1 <= stages <= 8):
             raise ValueError(f"sae_steer: a group cfg needs power-of-two G with G * MP >= 16, BT >= 16 and "
@@ -330,11 +325,10 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
         return
     f32 = torch.float32 in (x.dtype, enc.dtype, dec.dtype) or enc.dtype != dec.dtype
     if tag == "group":
-        g, stages = cfg[6:8]
-        keep = cfg[8] if len(cfg) == 9 else False
+        g, stages = cfg[6:]
         _sae_steer_group_kernel[(triton.cdiv(T, bt),)](
             *args, T, d, N, M, x.stride(0), out.stride(0),
-            IN_PLACE=in_place, F32=f32, BT=bt, MP=mp, BD=bd, G=g, KEEP=keep, num_warps=warps, num_stages=stages)
+            IN_PLACE=in_place, F32=f32, BT=bt, MP=mp, BD=bd, G=g, num_warps=warps, num_stages=stages)
         return
     if bd is None:
         raise ValueError(f"sae_steer: the block kernel needs a BD, got {cfg!r}")
@@ -347,12 +341,10 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
 # next_pow2(d)). (BT, MP, BD, num_warps, DOT) for the block kernel; group kernel entries add
 # "group", G, num_stages (MP 8 = the benchmark's M: G = 4 covers its configurations 1..4 in one dot).
 SWEEP = [(32, 16, 128, 4, True), (1, 8, 2048, 8, False),
-         (16, 8, 256, 8, True, "group", 4, 3), (16, 8, 256, 8, True, "group", 4, 3, True),
-         (16, 8, 256, 8, True, "group", 4, 4), (16, 8, 256, 4, True, "group", 4, 3),
-         (16, 8, 512, 8, True, "group", 4, 2), (16, 8, 128, 8, True, "group", 4, 4),
-         (32, 8, 128, 8, True, "group", 4, 4), (32, 8, 128, 8, True, "group", 4, 4, True),
-         (32, 8, 256, 8, True, "group", 4, 3), (32, 8, 256, 8, True, "group", 4, 2, True),
-         (32, 8, 64, 4, True, "group", 4, 4), (32, 8, 64, 4, True, "group", 4, 4, True)]
+         (16, 8, 256, 4, True, "group", 4, 3), (16, 8, 256, 8, True, "group", 4, 3),
+         (16, 8, 128, 8, True, "group", 4, 4), (32, 8, 256, 8, True, "group", 4, 3),
+         (32, 8, 128, 8, True, "group", 4, 4), (32, 8, 64, 4, True, "group", 4, 4),
+         (32, 8, 128, 4, True, "group", 2, 3), (64, 8, 128, 8, True, "group", 4, 3)]
 SWEEP_SMALL = [(1, 8, 2048, 8, False), (1, 8, 4096, 16, False), (1, 8, 1024, 4, False), (1, 8, 512, 4, False),
                (16, 16, 512, 4, True), (1, 8, None, 8, False, "row"), (1, 8, None, 16, False, "row"),
                (1, 8, None, 32, False, "row")]
