@@ -78,6 +78,30 @@ def test_per_request_steering_leaves_unsteered_rows_bit_identical(family):
     assert torch.equal(_logits(model), base)
 
 
+def test_ids_written_in_place_take_effect_and_positions_hook_only_for_rules():
+    """use_ids: ids written in place between eager forwards take effect (the per-forward
+    config cache keys on the tensor's version); the positions pre-hook exists only once a
+    position rule needs it (a compiled model then guards no second route to the handle)."""
+    model = _tiny("llama")
+    base = _logits(model)
+    handle = I.attach(model, ["resid_post.0"], capacity=4)
+    a = handle.add({"resid_post.0": dict(vector=torch.randn(D), strength=2.0)})
+    pre_hooks = lambda: sum(len(m._forward_pre_hooks) for m in model.modules())  # noqa: E731
+    assert pre_hooks() == 0
+    ids = torch.zeros(3, dtype=torch.int32)
+    handle.use_ids(ids)
+    assert torch.equal(_logits(model), base)
+    ids[1] = a  # in place, no new assignment call
+    steered = _logits(model)
+    assert torch.equal(steered[0], base[0]) and not torch.equal(steered[1], base[1])
+    handle.assign([0, a, 0], positions=2)
+    assert pre_hooks() == 1
+    ruled = _logits(model)
+    assert torch.equal(ruled[0], base[0]) and not torch.equal(ruled[1], steered[1])
+    handle.detach()
+    assert pre_hooks() == 0 and torch.equal(_logits(model), base)
+
+
 def test_resid_post_then_resid_pre_of_the_next_block_are_the_same_place():
     model = _tiny("qwen2")
     v = torch.randn(D)

@@ -222,11 +222,8 @@ class Steering:
         self._pos: Optional[torch.Tensor] = None  # position_ids of the current forward
         self._cached = (None, None, None)  # eager: (shape key, position_ids, per-token ids) of this forward
         self._used = set()
+        self._pos_handle = None  # the positions hook, registered once a position rule needs it
         try:
-            mt = getattr(getattr(model, "config", None), "model_type", None)
-            if mt in FAMILIES:  # every block gets the same position_ids: read them at block 0
-                first_block = _get(model, FAMILIES[mt][0])[0]
-                self._handles.append(first_block.register_forward_pre_hook(self._positions_hook, with_kwargs=True))
             for site in self.sites:
                 module, kind = resolve_site(model, site)
                 table = SteeringTable(site_width(model, site), capacity, max_directions, device=self.device,
@@ -296,6 +293,8 @@ class Steering:
             raise ValueError(f"assign: positions={positions!r} needs the prompt batch's attention_mask")
         if (positions != "all" or attention_mask is not None) and self._pos_hook_missing():
             raise ValueError("assign: position rules need a supported model family (position_ids of its blocks)")
+        if positions != "all" or attention_mask is not None:
+            self._watch_positions()
         self._rule = positions
         if attention_mask is not None:
             mask = attention_mask.to(self.device).bool()
@@ -337,15 +336,27 @@ class Steering:
         mt = getattr(getattr(self.model, "config", None), "model_type", None)
         return mt not in FAMILIES
 
+    def _watch_positions(self) -> None:
+        """Register the hook that reads each forward's position_ids (every block gets the same
+        ones: read at block 0). Only position rules need it; without it a compiled model has
+        no second route to this object (its hooks would otherwise be guarded as aliases on
+        every call)."""
+        if self._pos_handle is None:
+            mt = self.model.config.model_type
+            first_block = _get(self.model, FAMILIES[mt][0])[0]
+            self._pos_handle = first_block.register_forward_pre_hook(self._positions_hook, with_kwargs=True)
+            self._handles.append(self._pos_handle)
+
     def _positions_hook(self, module, args, kwargs):
         self._pos = kwargs.get("position_ids")
 
     def _config_for(self, h: torch.Tensor) -> torch.Tensor:
         """Per-token configuration ids for h; in eager mode built once per forward (same shape,
-        same position_ids object) and reused by every site."""
+        same position_ids object, ids not written in place since) and reused by every site."""
         if torch.compiler.is_compiling():
             return self._build_config(h)
-        key = (tuple(h.shape[:-1]), h.device)
+        ids = self._tokens if self._tokens is not None else self._ids
+        key = (tuple(h.shape[:-1]), h.device, ids._version)
         if self._cached[0] != key or self._cached[1] is not self._pos:
             self._cached = (key, self._pos, self._build_config(h).contiguous())
         return self._cached[2]
@@ -411,6 +422,7 @@ class Steering:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._pos_handle = None
 
     def __enter__(self):
         return self
