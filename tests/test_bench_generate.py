@@ -74,3 +74,26 @@ def test_tiny_hf_items_share_one_attachment_per_batch():
     assert len({h for hs in groups.values() for h in hs}) == 4
     model = shapes[-1].model
     assert not [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+
+
+def test_svg_plot_colours_by_kind_and_dashes_the_second_shape(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **k):  # the SVG fallback, whatever is installed
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    rows = [dict(shape=s, path=p, steer="unsteered", batch=b, decode_tok_s=100.0 * b + i)
+            for i, (s, p) in enumerate([("a", "engine"), ("a", "hf-eager"), ("b", "engine"), ("b", "hf-eager")])
+            for b in (1, 16)]
+    out = gb.plot(rows, str(tmp_path / "p.png"))
+    assert out.endswith(".svg")
+    svg = open(out).read()
+    lines = [l for l in svg.splitlines() if l.startswith("<polyline")]
+    assert len(lines) == 4 and sum("dasharray" in l for l in lines) == 2
+    colour = lambda l: l.split('stroke="')[1].split('"')[0]  # noqa: E731
+    assert colour(lines[0]) == colour(lines[2]) != colour(lines[1])

@@ -505,14 +505,19 @@ def _svg(series: Dict[str, Dict[int, float]], out: str, key: str) -> None:
     parts.append(f'<text x="{(W - R + L) / 2}" y="{H - 12}" text-anchor="middle">batch size</text>'
                  f'<text x="15" y="{H / 2}" transform="rotate(-90 15 {H / 2})" text-anchor="middle">'
                  f'{key.replace("_", " ")}</text>')
+    # one colour per path:steering, one dash pattern per shape
+    kinds = sorted({n.split(" ", 1)[-1] for n in series})
+    shapes = sorted({n.split(" ", 1)[0] for n in series})
     for i, (name, pts) in enumerate(sorted(series.items())):
-        c = colors[i % len(colors)]
+        shape, _, kind = name.partition(" ")
+        c = colors[kinds.index(kind) % len(colors)] if kind else colors[i % len(colors)]
+        dash = ' stroke-dasharray="6 3"' if shapes.index(shape) % 2 else ""
         coords = " ".join(f"{px(x):.1f},{py(pts[x]):.1f}" for x in sorted(pts) if pts[x] > 0)
-        parts.append(f'<polyline points="{coords}" fill="none" stroke="{c}" stroke-width="2"/>')
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{c}" stroke-width="2"{dash}/>')
         parts += [f'<circle cx="{px(x):.1f}" cy="{py(pts[x]):.1f}" r="3" fill="{c}"/>' for x in pts if pts[x] > 0]
         ly = T + 14 * i + 10
         parts.append(f'<line x1="{W - R + 10}" y1="{ly - 4}" x2="{W - R + 30}" y2="{ly - 4}" stroke="{c}" '
-                     f'stroke-width="2"/><text x="{W - R + 35}" y="{ly}">{name}</text>')
+                     f'stroke-width="2"{dash}/><text x="{W - R + 35}" y="{ly}">{name}</text>')
     parts.append("</svg>")
     with open(out, "w") as f:
         f.write("\n".join(parts))
