@@ -338,9 +338,9 @@ class Steering:
 
     def _watch_positions(self) -> None:
         """Register the hook that reads each forward's position_ids (every block gets the same
-        ones: read at block 0). Only position rules need it; without it a compiled model has
-        no second route to this object (its hooks would otherwise be guarded as aliases on
-        every call)."""
+        ones: read at block 0). Only position rules need it. Without it a compiled model has
+        one route fewer to this object for Dynamo to re-check on every call, and in eager mode
+        the per-forward configuration (keyed on position_ids) survives between decode steps."""
         if self._pos_handle is None:
             mt = self.model.config.model_type
             first_block = _get(self.model, FAMILIES[mt][0])[0]
