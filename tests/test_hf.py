@@ -102,6 +102,31 @@ def test_ids_written_in_place_take_effect_and_positions_hook_only_for_rules():
     assert pre_hooks() == 0 and torch.equal(_logits(model), base)
 
 
+def test_eager_decode_steps_reuse_the_prepared_launch(monkeypatch):
+    """Eager generate: with no position rule the per-token ids built at the first decode step
+    are reused by the later ones, so every site after the first step takes steer_'s fast path
+    (the prepared launch), and the tokens equal those of the reference backend."""
+    import importlib
+
+    steer_module = importlib.import_module("steerkit.ops.steer")
+    model = _tiny("llama")
+    handle = I.attach(model, ["resid_post.0", "resid_post.1"], capacity=4, backend="triton")
+    a = handle.add({"resid_post.0": dict(vector=torch.randn(D), strength=2.0),
+                    "resid_post.1": dict(scale=0.5)})
+    handle.assign([a, 0, a])
+    hits = []
+    orig = steer_module._fast_steer_
+    monkeypatch.setattr(steer_module, "_fast_steer_", lambda *args: hits.append(orig(*args)) or hits[-1])
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        out = model.generate(IDS, **kw)
+    assert sum(hits) >= 2 * 2, hits  # both sites, at least the last two decode steps
+    handle.backend = "torch"
+    with torch.no_grad():
+        assert torch.equal(model.generate(IDS, **kw), out)
+    handle.detach()
+
+
 def test_resid_post_then_resid_pre_of_the_next_block_are_the_same_place():
     model = _tiny("qwen2")
     v = torch.randn(D)
