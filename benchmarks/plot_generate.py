@@ -9,15 +9,13 @@ import glob
 from steerkit.bench import generate_bench as gb
 
 R = "benchmarks/results/"
-HF_ONLY = []
 CURRENT = sorted(glob.glob(R + "generate-llama-*-20261123-23[45]*.jsonl") + glob.glob(R + "generate-llama-*-20261124-*.jsonl"))
 WANTED = {("engine", "unsteered"), ("engine", "distinct-mix"), ("hf-compiled", "unsteered"),
           ("hf-compiled", "distinct-mix"), ("hf-eager", "hook-add"), ("hf-eager", "distinct-mix"),
           ("repeng", "shared"), ("steering-vectors", "shared")}
 
 latest = {}
-for f in HF_ONLY + CURRENT:
-    for r in gb.load_rows([f]):
-        if (r["path"], r["steer"]) in WANTED and not (f in HF_ONLY and r["path"] == "engine"):
-            latest[(r["shape"], r["path"], r["steer"], r["batch"])] = r
+for r in gb.load_rows(CURRENT):
+    if (r["path"], r["steer"]) in WANTED:
+        latest[(r["shape"], r["path"], r["steer"], r["batch"])] = r
 print(gb.plot(list(latest.values()), R + "generate-h100-engine.svg"))

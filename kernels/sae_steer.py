@@ -41,8 +41,8 @@ use (2*M*d elements each), once (hot in L2; read once per block of BT rows from 
 T = 4096, d = 4096, bf16: 67 MB of h -> ~22.5 µs at 3.0 TB/s; target 70% (~32 µs). Measured
 (group kernel, steer_config's defaults): 68% at T = 4096, 62% at T = 16384. Were pass 2's
 re-read of each row served by HBM rather than L2, h would cross HBM three times: a 67% ceiling;
-its L2 traffic for encoder / decoder tiles is 2*G*MP*d*2 bytes per block and group. Small T: latency (launch + four L2 round trips at
-d = 4096), target <= 3 µs under CUDA-graph replay.
+its L2 traffic for encoder / decoder tiles is 2*G*MP*d*2 bytes per block and group. Small T:
+latency (launch + four L2 round trips at d = 4096), target <= 3 µs under CUDA-graph replay.
 """
 import torch
 import triton
@@ -247,7 +247,7 @@ def _sae_steer_row_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_p
 
 
 def steer_config(T: int, d: int, M: int):
-    """(BT, MP, BD, num_warps, DOT[, "row"]); sae_steer's docstring lists the "group" form.
+    """A launch configuration (sae_steer's docstring lists the forms).
 
     GPU, T <= 16 and d <= 4096: the row kernel, 8 warps (H100, d = 4096, 8 clamps, graph replay:
     1.2 µs at T = 1 and 3.5 µs at T = 16, against 1.8 and 6.5 µs for the chunked kernel below;
@@ -259,16 +259,15 @@ def steer_config(T: int, d: int, M: int):
     (T = 4096: 68% of the floor at d = 4096, 64% at d = 2304; the block kernel it replaces took
     15%); 32 rows x 128 columns, 8 warps, 4 stages from 8192 (T = 16384: 62-65%). L2 eviction
     hints (keep the rows for pass 2) changed nothing measurable.
-    Interpreter: large blocks."""
+    Interpreter: the group kernel (the GPU's large-T default) with large blocks."""
     mp = triton.next_power_of_2(M)
+    g = max(1, 32 // mp)  # group kernel: G * MP = 32 columns per tl.dot (4 configurations of 8 slots)
     if interpreting():
-        return max(16, min(64, triton.next_power_of_2(T))), max(16, mp), min(1024, triton.next_power_of_2(d)), 4, True
+        return max(16, min(64, triton.next_power_of_2(T))), mp, max(16, min(1024, triton.next_power_of_2(d))), 4, True, "group", g, 1
     if T <= 16 and d <= 4096:  # the row kernel (whole rows in registers: d <= 4096)
         return 1, mp, None, 8, False, "row"
     if T <= 64:
         return 1, mp, min(2048, max(32, triton.next_power_of_2(d))), 8, False
-    # the group kernel, G * MP = 32 columns per tl.dot (4 configurations of 8 slots)
-    g = max(1, 32 // mp)
     if T >= 8192:
         return 32, mp, 128, 8, True, "group", g, 4
     return 16, mp, 256, 4, True, "group", g, 3
