@@ -1,5 +1,7 @@
 """bench-generate on a tiny model on the CPU: well-formed rows, one steered engine serving every
 kind, and the tables holding the configurations of the kind each row names."""
+import math
+
 from steerkit.bench import generate_bench as gb
 from steerkit.ops.reference import FLAG_VECTOR
 
@@ -25,7 +27,8 @@ def test_tiny_engine_rows_and_kinds():
     steers = [r["steer"] for r in rows]
     assert steers == ["unsteered", "shared", "distinct-add", "distinct-scale", "distinct-ablate", "distinct-mix"]
     for r in rows:
-        assert r["ms_per_token"] > 0 and r["tok_s"] > 0 and r["batch"] == 2
+        # a difference of two timings: its sign is noise on a tiny CPU model (timings are not asserted)
+        assert math.isfinite(r["ms_per_token"]) and r["tok_s"] > 0 and r["batch"] == 2
         assert r.get("built_for") == (None if r["steer"] == "unsteered" else "all")
     # one unsteered and one steered engine, whatever the kinds
     assert {n for *_, n in seen.values()} == {2}
