@@ -83,11 +83,13 @@ def assert_untouched(out: torch.Tensor, h: torch.Tensor, keep: torch.Tensor):
 gpu_only = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 
 
-def make_table(d: int, capacity: int = 6, max_directions: int = 3, dtype=torch.float32, device=DEVICE):
-    """A SteeringTable whose configurations exercise every stage alone and together."""
+def make_table(d: int, capacity: int = 6, max_directions: int = 3, dtype=torch.float32, device=DEVICE,
+               table=None):
+    """A SteeringTable whose configurations exercise every stage alone and together (written
+    into ``table`` when one is given, of that shape)."""
     from steerkit import SteeringTable
 
-    t = SteeringTable(d, capacity, max_directions, device=device, dtype=dtype)
+    t = SteeringTable(d, capacity, max_directions, device=device, dtype=dtype) if table is None else table
     r = min(max_directions, d)
 
     def ortho(k):

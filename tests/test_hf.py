@@ -315,6 +315,42 @@ def test_compiled_model_fullgraph_no_recompile_when_steering_changes():
     assert not torch.allclose(outs[0], outs[1])
 
 
+def test_compiled_graph_inputs_do_not_grow_with_the_number_of_sites():
+    """Compiled, the hooks read every site's rows out of one table stack per width, and only the
+    tensors of the kinds used: 10 sites of two widths add the ids plus at most 3 (vectors) or 9
+    (every kind) tensors per width to the graph's inputs, not 9 per site. Each input costs host
+    time on every call (guards, input checks), which transformers' compiled generate pays per token."""
+    n_inputs = []
+
+    def backend(gm, example_inputs):
+        n_inputs.append(len(example_inputs))
+        return gm.forward
+
+    def compiled_inputs(model, ids):
+        torch._dynamo.reset()
+        n_inputs.clear()
+        with torch.no_grad():
+            got = torch.compile(model, backend=backend, fullgraph=True)(input_ids=ids).logits
+            torch.testing.assert_close(got, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+        assert len(n_inputs) == 1
+        return n_inputs[0]
+
+    model = _tiny("llama")
+    plain = compiled_inputs(model, IDS)
+    sites = [f"{k}.{i}" for k in ("resid_post", "attn_out", "mlp_out") for i in range(3)]
+    sites.append("module:model.layers.0.mlp.up_proj")  # width 64: a second stack
+    handle = I.attach(model, sites, capacity=4)
+    width = {s: 64 if s.startswith("module:") else D for s in sites}
+    handle.add({s: dict(vector=torch.randn(width[s]), strength=1.5) for s in sites})
+    handle.assign([1, 0, 1])
+    assert compiled_inputs(model, IDS) - plain <= 1 + 2 * 3
+    handle.add({s: dict(scale=0.5, dynamic=(torch.randn(width[s]) / 8, 1.0), directions=torch.randn(width[s]))
+                for s in sites})
+    handle.assign([2, 1, 0])
+    assert compiled_inputs(model, IDS) - plain <= 1 + 2 * 9
+    handle.detach()
+
+
 def test_attention_heads_site_with_head_dim_wider_than_the_model():
     """attn_heads: the o_proj input, n_heads * head_dim wide (here 4 * 16 = 64 > hidden 32)."""
     from transformers import AutoModelForCausalLM, Gemma3TextConfig

@@ -164,3 +164,56 @@ def test_repeated_unvalidated_calls_reuse_the_launch_and_see_every_change(backen
         short = torch.tensor([[4, 0]], device=DEVICE, dtype=torch.int32)
         check(randn(1, 2, 64), short)  # another row count
         check(randn(3, 2, 64)[:, :, :].contiguous(), config)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_stacked_tables_are_independent_slices(backend):
+    """Tables of one TableStack are slices of shared tensors: each is written on its own, the
+    kernels read a slot past the first through its views, and steer_stacked (the form compiled
+    models use) gives the reference result for every slot."""
+    d = 96
+    tables = SteeringTable.stacked(3, d, 6, 3, device=DEVICE)
+    torch.manual_seed(1)
+    make_table(d, table=tables[0])
+    torch.manual_seed(2)
+    make_table(d, table=tables[2])
+    torch.manual_seed(2)
+    alone = make_table(d)  # the same configurations as tables[2], in a table of its own
+    for a, b in zip(tables[2].tensors(), alone.tensors()):
+        assert torch.equal(a, b)
+    assert not torch.equal(tables[0].vec[2], alone.vec[2])  # different seeds, different vectors
+    assert tables[1].flags.eq(0).all() and tables[1].scale.eq(1).all()  # slot 1: never written
+    assert tables[0].stack is tables[2].stack and tables[0].vec.data_ptr() != tables[2].vec.data_ptr()
+    h = randn(37, d)
+    config = torch.randint(0, 7, (37,), device=DEVICE, dtype=torch.int32)
+    assert_matches_reference(ops.steer_(h.clone(), config, tables[2], backend=backend), _ref(h, config, alone),
+                             torch.float32)
+    assert torch.equal(ops.steer(h, config, tables[1], backend=backend), h)
+    for slot, t in enumerate(tables):
+        torch.testing.assert_close(ops.steer_stacked(h, config, t.stack, slot), _ref(h, config, t).to(h.dtype),
+                                   rtol=1e-5, atol=1e-5)
+    assert tables[1].uses == tables[0].uses == (True, True, 3, True)  # one record for the stack
+    with pytest.raises(ValueError, match="slot 3"):
+        SteeringTable(d, 6, 3, stack=tables[0].stack, slot=3)
+    with pytest.raises(ValueError, match="d=8"):
+        SteeringTable(8, 6, 3, stack=tables[0].stack, slot=0)
+
+
+def test_steer_stacked_reads_only_the_kinds_used():
+    """A stack that has only held vectors: steer_stacked never reads its scale, dynamic-scale or
+    direction tensors (a compiled graph does not take them as inputs)."""
+    d = 40
+    tables = SteeringTable.stacked(2, d, 3, 2, device=DEVICE)
+    tables[1].set(2, vector=randn(d), strength=-0.7)
+    stack = tables[0].stack
+    for name in ("scale", "dyn_w", "dyn_b", "dirs", "dir_val", "n_dirs"):
+        setattr(stack, name, None)
+    h = randn(9, d)
+    config = torch.tensor([0, 2, 1, 2, 3, 0, 2, 2, 1], device=DEVICE, dtype=torch.int32)
+    want = h + torch.where((config == 2).unsqueeze(-1), -0.7 * tables[1].vec[2], torch.zeros(()))
+    torch.testing.assert_close(ops.steer_stacked(h, config, stack, 1), want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(ops.steer_stacked(h, config, stack, 0), h)
+    with pytest.raises(ValueError, match="slot"):
+        ops.steer_stacked(h, config, stack, 2)
+    with pytest.raises(ValueError, match="int32"):
+        ops.steer_stacked(h, config.long(), stack, 1)

@@ -133,26 +133,30 @@ def run_compile(out_dir: Optional[str] = None, **kw) -> List[dict]:
 
 def run_model(out_dir: Optional[str] = None, **kw) -> List[dict]:
     """Steering overhead on whole models; see steerkit/bench/model_bench.py. Rows are written as
-    they are measured (a run cut short keeps what it measured)."""
+    they are measured, batch size by batch size (a run cut short keeps what it measured)."""
     from . import model_bench
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     env = _environment(device)
-    rows: List[dict] = []
-    try:
-        rows = [dict(r, **env) for r in model_bench.run(**kw)]
-    finally:
-        if out_dir and rows:
-            _write(rows, out_dir, env, device, prefix=f"model-{kw.get('shape', 'llama-3.2-1b')}")
-    return rows
+    path = [None]
+
+    def emit(batch_rows: List[dict]) -> None:
+        if out_dir:
+            path[0] = _write([dict(r, **env) for r in batch_rows], out_dir, env, device,
+                             prefix=f"model-{kw.get('shape', 'llama-3.2-1b')}", path=path[0])
+
+    return [dict(r, **env) for r in model_bench.run(emit=emit, **kw)]
 
 
-def _write(rows: List[dict], out_dir: str, env, device, prefix: str = "ops") -> None:
+def _write(rows: List[dict], out_dir: str, env, device, prefix: str = "ops", path: Optional[str] = None) -> str:
+    """Write rows as JSON lines to a new stamped file, or append them to ``path``; returns the path."""
     os.makedirs(out_dir, exist_ok=True)
-    tag = "".join(ch if ch.isalnum() else "-" for ch in env["gpu"].lower()).strip("-") or device
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(out_dir, f"{prefix}-{tag}-{stamp}.jsonl")
-    with open(path, "w") as f:
+    if path is None:
+        tag = "".join(ch if ch.isalnum() else "-" for ch in env["gpu"].lower()).strip("-") or device
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        path = os.path.join(out_dir, f"{prefix}-{tag}-{stamp}.jsonl")
+    with open(path, "a") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     print(f"# wrote {len(rows)} rows to {path}")
+    return path

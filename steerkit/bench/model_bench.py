@@ -163,12 +163,13 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
         assigns: Sequence[str] = ("shared", "distinct"), prompt: int = 128, steps: int = 16, rounds: int = 3,
         prefill_batch: int = 16, prefill_len: int = 2048, device: Optional[str] = None,
         deadline_s: Optional[float] = None, dynamic: Optional[bool] = None, backend: Optional[str] = None,
-        log: Callable[[str], None] = print) -> List[dict]:
+        log: Callable[[str], None] = print, emit: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
     """Measure and return rows (one per shape, mode, phase, batch, variant, assignment).
     ``dynamic`` goes to torch.compile: None (transformers' default: static first, then a dynamic
     batch dimension from the second batch size on) or True (one dynamic graph for every size).
     ``backend``: steerkit's eager backend (None: automatic; "cuda" builds or loads the CUDA
-    extension first, whose launches cost the host less than Triton's)."""
+    extension first, whose launches cost the host less than Triton's). ``emit`` gets each batch
+    size's rows as soon as they are measured."""
     from transformers import StaticCache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -267,6 +268,8 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     log(f"{shape:13} {mode:8} {phase:7} B={B:<4} {name:17} {assign:8} {med:10.1f} us "
                         f"[{min(xs):.1f}-{max(xs):.1f}] {row['overhead_pct']:+6.2f}%  host CPU {row['host_us']:.0f} us "
                         f"{row['host_overhead_pct']:+6.2f}%")
+                if emit is not None:
+                    emit(rows[-len(samples):])
                 cache = None  # free the KV cache before the next size
         if mode == "compiled":
             torch._dynamo.reset()

@@ -223,13 +223,22 @@ class Steering:
         self._cached = (None, None, None)  # eager: (shape key, position_ids, per-token ids) of this forward
         self._used = set()
         self._pos_handle = None  # the positions hook, registered once a position rule needs it
+        # the tables of all sites of one width live in one TableStack: compiled, the hooks read
+        # their rows out of its stacked tensors, a few graph inputs for all sites together
+        width = {site: site_width(model, site) for site in self.sites}  # also checks the names
+        self._stacks: List = []
+        slots = {}
+        for w in dict.fromkeys(width.values()):
+            group = [site for site in self.sites if width[site] == w]
+            tables = SteeringTable.stacked(len(group), w, capacity, max_directions, device=self.device, dtype=dtype)
+            for site, table in zip(group, tables):
+                self.tables[site], slots[site] = table, (len(self._stacks), table.slot)
+            self._stacks.append(tables[0].stack)
+        self.tables = {site: self.tables[site] for site in self.sites}
         try:
             for site in self.sites:
                 module, kind = resolve_site(model, site)
-                table = SteeringTable(site_width(model, site), capacity, max_directions, device=self.device,
-                                      dtype=dtype)
-                self.tables[site] = table
-                self._handles.append(hook_site(module, kind, self._hook(table)))
+                self._handles.append(hook_site(module, kind, self._hook(self.tables[site], *slots[site])))
         except Exception:
             self.detach()
             raise
@@ -402,18 +411,21 @@ class Steering:
             keep = keep & ~self._pad
         return keep
 
-    def _apply(self, h: torch.Tensor, table: SteeringTable) -> Optional[torch.Tensor]:
+    def _apply(self, h: torch.Tensor, table: SteeringTable, stack: int, slot: int) -> Optional[torch.Tensor]:
         config = self._config_for(h)
         # out of place under torch.compile (a new output, as a plain hook returns, fuses best)
         # and when gradients flow; in place otherwise
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and h.requires_grad):
+        if torch.compiler.is_compiling():
+            # through self, not the table: one route to the stacked tensors for every site's hook
+            return ops.steer_stacked(h, config, self._stacks[stack], slot)
+        if torch.is_grad_enabled() and h.requires_grad:
             return ops.steer(h, config, table, backend=self.backend, validate=False)
         ops.steer_(h, config, table, backend=self.backend, validate=False)
         return None
 
-    def _hook(self, table):
+    def _hook(self, table: SteeringTable, stack: int, slot: int):
         def fn(h):
-            return None if self._ids is None else self._apply(h, table)
+            return None if self._ids is None else self._apply(h, table, stack, slot)
         return fn
 
     # -- lifetime -------------------------------------------------------------------------------

@@ -132,9 +132,11 @@ def steer_uses(x, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec
     vector)`` says whether any configuration has a scale != 1, a dynamic scale, how many
     direction slots any configuration fills, and whether any adds a vector. The parts left out
     are the identity for every configuration, so the result is the same bit for bit; under
-    torch.compile this is what keeps an add-only table as cheap as ``h + v``."""
+    torch.compile this is what keeps an add-only table as cheap as ``h + v``. Tensors of the
+    parts left out are not read at all (they may be None): a compiled graph does not take them
+    as inputs."""
     use_scale, use_dyn, r_used, use_vec = uses
-    n = scale.shape[0]
+    n = flags.shape[0]
     i = _safe_index(config, n)
     xf = x.float()
     y = xf
@@ -145,11 +147,12 @@ def steer_uses(x, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec
             dyn = (dyn_w[i].float() * xf).sum(-1, keepdim=True) + dyn_b[i].float().unsqueeze(-1)
             c = c * torch.where((f & FLAG_DYNAMIC) != 0, dyn, torch.ones_like(dyn))
         y = c * xf
-    nd = n_dirs[i].unsqueeze(-1)
-    for k in range(min(r_used, dirs.shape[1])):
-        u = dirs[i, k].float()
-        coef = (y * u).sum(-1, keepdim=True) - dir_val[i, k].float().unsqueeze(-1)
-        y = torch.where(nd > k, y - coef * u, y)
+    if r_used:
+        nd = n_dirs[i].unsqueeze(-1)
+        for k in range(min(r_used, dirs.shape[1])):
+            u = dirs[i, k].float()
+            coef = (y * u).sum(-1, keepdim=True) - dir_val[i, k].float().unsqueeze(-1)
+            y = torch.where(nd > k, y - coef * u, y)
     if use_vec:
         add_v = strength[i].float().unsqueeze(-1) * vec[i].float()
         y = torch.where((f & FLAG_VECTOR) != 0, y + add_v, y)

@@ -91,3 +91,31 @@ def steer(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[str
     """Out of place; differentiable in h and in the table's float tensors (scale, dynamic-scale
     weights and bias, directions and their values, vectors, strengths)."""
     return call("steer", False, h, _params("steer", h, config, table, validate), backend, _compiled_reference(table))
+
+
+_PARTS = ("scale", "flags", "dyn_w", "dyn_b", "dirs", "dir_val", "n_dirs", "vec", "strength")
+
+
+def steer_stacked(h: torch.Tensor, config: torch.Tensor, stack, slot: int) -> torch.Tensor:
+    """Out of place: ``steer(h, config, table)`` for the table at ``slot`` of a
+    ``steerkit.steering.TableStack``, written for compiled models. It reads the table's rows out
+    of the stacked tensors inside the graph, and only the tensors of the kinds the stack has held
+    (``SteeringTable.uses``), so every site of a model steered from one stack adds the same few
+    graph inputs (at most nine in all, three for vectors only) rather than nine per site: each
+    input costs host time on every call of a compiled model. Only metadata is checked; eagerly it
+    runs the reference (use ``steer_`` with the table there)."""
+    C.activation("steer_stacked", h)
+    if stack.d != h.shape[-1]:
+        C.fail("steer_stacked", "stack", f"steers rows of width {stack.d} but h has d = {h.shape[-1]}")
+    if stack.device != h.device:
+        C.fail("steer_stacked", "stack", f"is on {stack.device} but h is on {h.device}")
+    if config.dtype != torch.int32:
+        C.fail("steer_stacked", "config", f"must be int32, got {config.dtype}")
+    if not 0 <= slot < stack.n:
+        C.fail("steer_stacked", "slot", f"must be in 0..{stack.n - 1}, got {slot}")
+    u = stack._uses
+    uses = (u["scale"], u["dynamic"], u["directions"], u["vector"])
+    scale, dyn, dirs, vec = uses[0] or uses[1], uses[1], uses[2] > 0, uses[3]
+    needed = (scale, True, dyn, dyn, dirs, dirs, dirs, vec, vec)  # per part, in _PARTS' order
+    parts = [getattr(stack, name)[slot] if need else None for name, need in zip(_PARTS, needed)]
+    return reference.steer_uses(h, config, *parts, uses=uses)

@@ -1,5 +1,5 @@
 """Steering state: persistent per-site tables of configurations (row 0 = identity)."""
 from .sae_table import SaeSteeringTable
-from .table import SteeringTable
+from .table import SteeringTable, TableStack
 
-__all__ = ["SaeSteeringTable", "SteeringTable"]
+__all__ = ["SaeSteeringTable", "SteeringTable", "TableStack"]

@@ -13,7 +13,7 @@ A configuration applies to a row x, in this order (see steerkit.ops.reference.st
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -21,6 +21,52 @@ from steerkit.ops import _checks as C
 from steerkit.ops.reference import FLAG_DYNAMIC, FLAG_VECTOR
 
 Number = Union[int, float]
+
+
+class TableStack:
+    """The storage of ``n`` steering tables of one width and capacity: each tensor of a table is
+    slice ``slot`` of a stacked tensor with a leading dimension n ([n, capacity + 1, ...]), and
+    the tables share one record of the kinds of intervention used (``SteeringTable.uses``).
+
+    A model steered at many sites keeps one table per site in one stack. A compiled model then
+    reads every site's configuration rows out of the same few stacked tensors (indexing them in
+    the graph), instead of taking nine tensors per site as inputs: each graph input costs host
+    time on every call (guards, input checks), which in a decode step adds up.
+    """
+
+    def __init__(self, n: int, d: int, capacity: int, max_directions: int = 1, *,
+                 device: Optional[Union[str, torch.device]] = None, dtype: torch.dtype = torch.float32):
+        if n < 1 or d < 1 or capacity < 1 or max_directions < 1:
+            raise ValueError(f"SteeringTable: need d >= 1, capacity >= 1, max_directions >= 1 (and n >= 1 "
+                             f"tables); got d={d}, capacity={capacity}, max_directions={max_directions}, n={n}")
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"SteeringTable: dtype must be float32, float16 or bfloat16, got {dtype}")
+        c, r = capacity + 1, max_directions
+        f32 = dict(device=device, dtype=torch.float32)
+        self.scale = torch.ones(n, c, **f32)
+        self.flags = torch.zeros(n, c, device=device, dtype=torch.int32)
+        self.dyn_w = torch.zeros(n, c, d, device=device, dtype=dtype)
+        self.dyn_b = torch.zeros(n, c, **f32)
+        self.dirs = torch.zeros(n, c, r, d, device=device, dtype=dtype)
+        self.dir_val = torch.zeros(n, c, r, **f32)
+        self.n_dirs = torch.zeros(n, c, device=device, dtype=torch.int32)
+        self.vec = torch.zeros(n, c, d, device=device, dtype=dtype)
+        self.strength = torch.zeros(n, c, **f32)
+        for t in self.tensors():  # updated in place: compiled CUDA graphs read them where they are
+            torch._dynamo.mark_static_address(t)
+        # plain attributes (not properties), so that compiled code reads them without calls
+        self.n, self.d, self.capacity, self.max_directions = n, d, capacity, max_directions
+        self.device = self.vec.device
+        self._uses = {"scale": False, "dynamic": False, "directions": 0, "vector": False}
+
+    def tensors(self) -> Tuple[torch.Tensor, ...]:
+        """The stacked tensors, in SteeringTable.tensors' order."""
+        return (self.scale, self.flags, self.dyn_w, self.dyn_b, self.dirs, self.dir_val,
+                self.n_dirs, self.vec, self.strength)
+
+    def __repr__(self) -> str:
+        return (f"TableStack(n={self.n}, d={self.d}, capacity={self.capacity}, "
+                f"max_directions={self.max_directions}, device={self.device}, dtype={self.vec.dtype})")
 
 
 class SteeringTable:
@@ -35,29 +81,31 @@ class SteeringTable:
     """
 
     def __init__(self, d: int, capacity: int, max_directions: int = 1, *,
-                 device: Optional[Union[str, torch.device]] = None, dtype: torch.dtype = torch.float32):
-        if d < 1 or capacity < 1 or max_directions < 1:
-            raise ValueError(f"SteeringTable: need d >= 1, capacity >= 1, max_directions >= 1; "
-                             f"got d={d}, capacity={capacity}, max_directions={max_directions}")
-        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"SteeringTable: dtype must be float32, float16 or bfloat16, got {dtype}")
-        n, r = capacity + 1, max_directions
-        f32 = dict(device=device, dtype=torch.float32)
-        self.scale = torch.ones(n, **f32)
-        self.flags = torch.zeros(n, device=device, dtype=torch.int32)
-        self.dyn_w = torch.zeros(n, d, device=device, dtype=dtype)
-        self.dyn_b = torch.zeros(n, **f32)
-        self.dirs = torch.zeros(n, r, d, device=device, dtype=dtype)
-        self.dir_val = torch.zeros(n, r, **f32)
-        self.n_dirs = torch.zeros(n, device=device, dtype=torch.int32)
-        self.vec = torch.zeros(n, d, device=device, dtype=dtype)
-        self.strength = torch.zeros(n, **f32)
-        for t in self.tensors():  # updated in place: compiled CUDA graphs read them where they are
+                 device: Optional[Union[str, torch.device]] = None, dtype: torch.dtype = torch.float32,
+                 stack: Optional["TableStack"] = None, slot: int = 0):
+        if stack is None:
+            stack = TableStack(1, d, capacity, max_directions, device=device, dtype=dtype)
+        elif (stack.d, stack.capacity, stack.max_directions) != (d, capacity, max_directions) or not 0 <= slot < stack.n:
+            raise ValueError(f"SteeringTable: slot {slot} of {stack!r} does not hold a table of d={d}, "
+                             f"capacity={capacity}, max_directions={max_directions}")
+        self.stack, self.slot = stack, slot
+        # views of the stack's tensors (written in place, so they stay where graphs read them)
+        (self.scale, self.flags, self.dyn_w, self.dyn_b, self.dirs, self.dir_val, self.n_dirs, self.vec,
+         self.strength) = (t[slot] for t in stack.tensors())
+        for t in self.tensors():  # a table used on its own in a compiled model is read from these
             torch._dynamo.mark_static_address(t)
         self._used = set()
-        # kinds of intervention any configuration has held (never reset): compiled graphs
-        # specialise on them; see ``uses``
-        self._uses = {"scale": False, "dynamic": False, "directions": 0, "vector": False}
+        # kinds of intervention any configuration of the stack has held (never reset): compiled
+        # graphs specialise on them; see ``uses``
+        self._uses = stack._uses
+
+    @classmethod
+    def stacked(cls, n: int, d: int, capacity: int, max_directions: int = 1, *,
+                device: Optional[Union[str, torch.device]] = None,
+                dtype: torch.dtype = torch.float32) -> List["SteeringTable"]:
+        """n tables that live in one ``TableStack`` (one set of tensors for all of them)."""
+        stack = TableStack(n, d, capacity, max_directions, device=device, dtype=dtype)
+        return [cls(d, capacity, max_directions, stack=stack, slot=s) for s in range(n)]
 
     # -- shape -------------------------------------------------------------------------------
     @property
@@ -91,7 +139,8 @@ class SteeringTable:
     def uses(self) -> Tuple[bool, bool, int, bool]:
         """(scale, dynamic, directions, vector): whether any configuration so far had a scale
         != 1, a dynamic scale, how many direction slots at most, a vector. Compiled models
-        specialise their graphs on this, so it only ever grows (clearing does not shrink it)."""
+        specialise their graphs on this, so it only ever grows (clearing does not shrink it).
+        Tables of one stack share it (a model's sites are compiled for the same kinds)."""
         u = self._uses
         return (u["scale"], u["dynamic"], u["directions"], u["vector"])
 
