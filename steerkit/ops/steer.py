@@ -39,8 +39,10 @@ def _compiled_reference(table):
     kind makes compiled models recompile once; ``SteeringTable.expect`` avoids even that."""
     if not torch.compiler.is_compiling():  # eager: the kernels branch per row, nothing to build
         return None
-    uses = getattr(table, "uses", None)
-    return None if uses is None else (reference.steer_uses, {"uses": tuple(uses)})
+    u = getattr(table, "_uses", None)  # the record behind SteeringTable.uses: a dict, so guards read
+    if u is None:                      # it directly (a property would be called on every guard check)
+        return None
+    return reference.steer_uses, {"uses": (u["scale"], u["dynamic"], u["directions"], u["vector"])}
 
 
 # Eager in-place calls with validate=False (the model integration's hooks): the last prepared
