@@ -53,7 +53,7 @@ def test_tiny_hf_items_share_one_attachment_per_batch():
         if steer not in ("unsteered", "hook-add"):
             handle = sh.hf[1]
             table = handle.tables[sh.sites[0]]
-            seen.append((path, B, steer, id(handle), table.flags[1:B + 1].clone(), table.scale[1:B + 1].clone()))
+            seen.append((path, B, steer, handle, table.flags[1:B + 1].clone(), table.scale[1:B + 1].clone()))
         shapes.append(sh)
         return row
 
@@ -68,8 +68,8 @@ def test_tiny_hf_items_share_one_attachment_per_batch():
         [("hf-compiled", B, s) for B in (1, 2) for s in kinds] + [("hf-eager", B, s) for B in (1, 2) for s in gb.STEERS])
     assert all(r.get("built_for") == "all" for r in rows if r["steer"] not in ("unsteered", "hook-add"))
     groups = {}
-    for path, B, steer, hid, flags, scale in seen:
-        groups.setdefault((path, B), set()).add(hid)
+    for path, B, steer, handle, flags, scale in seen:  # the handles are kept alive: ids stay distinct
+        groups.setdefault((path, B), set()).add(id(handle))
         kind = "mix" if steer == "shared" else steer.split("-", 1)[1]
         assert ((flags & FLAG_VECTOR) != 0).all() == (kind in ("add", "mix")), (path, B, steer)
         assert ((scale != 1).all() if kind in ("scale", "mix") else (scale == 1).all()), (path, B, steer)
