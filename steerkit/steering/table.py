@@ -78,6 +78,8 @@ class SteeringTable:
         max_directions: direction slots per configuration (R); unused slots are inactive.
         device, dtype: where the tables live; ``dtype`` is that of the vector tables (dynamic-scale
             weights, directions, vectors); scalars are float32.
+        stack, slot: live in slot ``slot`` of an existing ``TableStack`` of the same d, capacity
+            and max_directions (its device and dtype; see ``stacked``) instead of a stack of one.
     """
 
     def __init__(self, d: int, capacity: int, max_directions: int = 1, *,
