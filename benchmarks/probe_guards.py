@@ -8,8 +8,8 @@ not enter.
 Usage: python benchmarks/probe_guards.py  (results: benchmarks/results/probe-guards-cpu.txt)"""
 import cProfile
 import io
-import pstats
 import logging
+import pstats
 import re
 from collections import Counter
 

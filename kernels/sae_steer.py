@@ -311,8 +311,12 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
         return
     in_place = x.data_ptr() == out.data_ptr()
     N, M = kind.shape
-    cfg = tuple(cfg) if cfg else steer_config(T, d, M)
-    tag = _check_cfg(cfg, M)
+    if cfg:  # a caller's configuration is checked; steer_config's defaults are valid by construction
+        cfg = tuple(cfg)
+        tag = _check_cfg(cfg, M)
+    else:
+        cfg = steer_config(T, d, M)
+        tag = cfg[5] if len(cfg) > 5 else None
     bt, mp, bd, warps, dot = cfg[:5]
     args = (x, out, config, n_feat, kind, value, enc, b_eff, thr, dec)
     if tag == "row":

@@ -314,6 +314,21 @@ def test_malformed_launch_configs(cfg):
         K.sae_steer(h, torch.empty_like(h), torch.ones(3, device=DEVICE, dtype=torch.int32), *tables, cfg=cfg)
 
 
+@pytest.mark.parametrize("interpreting", [True, False])
+def test_default_launch_configs_are_valid(monkeypatch, interpreting):
+    """sae_steer checks only a caller's cfg; steer_config's defaults (GPU and interpreter) must
+    pass the same check for every size."""
+    import importlib
+
+    KS = importlib.import_module("steerkit.kernels.sae_steer")
+    monkeypatch.setattr(KS, "interpreting", lambda: interpreting)
+    for T in (1, 16, 17, 64, 65, 4096, 8192, 16384):
+        for d in (40, 2304, 4096, 8192):
+            for M in (1, 3, 8, 16):
+                cfg = KS.steer_config(T, d, M)
+                assert KS._check_cfg(cfg, M) == (cfg[5] if len(cfg) > 5 else None), (T, d, M, cfg)
+
+
 # Compile every "group" SWEEP entry for sm_90 as a GPU launch at T = d = 4096 would (arguments
 # divisible by 16 marked so, the entry's num_stages) and check that the d loops' loads pipeline
 # (asynchronous copies in the compiled kernel). tests/test_triton_compile.py compiles SWEEP too,

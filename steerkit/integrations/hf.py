@@ -229,19 +229,17 @@ class Steering:
         # the tables of all sites of one width live in one TableStack: compiled, the hooks read
         # their rows out of its stacked tensors, a few graph inputs for all sites together
         width = {site: site_width(model, site) for site in self.sites}  # also checks the names
-        self._stacks: List = []
-        slots = {}
-        for w in dict.fromkeys(width.values()):
-            group = [site for site in self.sites if width[site] == w]
-            tables = SteeringTable.stacked(len(group), w, capacity, max_directions, device=self.device, dtype=dtype)
-            for site, table in zip(group, tables):
-                self.tables[site], slots[site] = table, (len(self._stacks), table.slot)
-            self._stacks.append(tables[0].stack)
-        self.tables = {site: self.tables[site] for site in self.sites}
+        widths = list(dict.fromkeys(width.values()))
+        stacked = {w: SteeringTable.stacked(list(width.values()).count(w), w, capacity, max_directions,
+                                            device=self.device, dtype=dtype) for w in widths}
+        free = {w: iter(tables) for w, tables in stacked.items()}
+        self.tables = {site: next(free[width[site]]) for site in self.sites}
+        self._stacks = [stacked[w][0].stack for w in widths]  # hooks name theirs by index
         try:
             for site in self.sites:
                 module, kind = resolve_site(model, site)
-                self._handles.append(hook_site(module, kind, self._hook(self.tables[site], *slots[site])))
+                table = self.tables[site]
+                self._handles.append(hook_site(module, kind, self._hook(table, widths.index(width[site]), table.slot)))
         except Exception:
             self.detach()
             raise

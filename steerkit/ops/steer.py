@@ -42,7 +42,12 @@ def _compiled_reference(table):
     u = getattr(table, "_uses", None)  # the record behind SteeringTable.uses: a dict, so guards read
     if u is None:                      # it directly (a property would be called on every guard check)
         return None
-    return reference.steer_uses, {"uses": (u["scale"], u["dynamic"], u["directions"], u["vector"])}
+    return reference.steer_uses, {"uses": _uses(u)}
+
+
+def _uses(record: dict) -> tuple:
+    """(scale, dynamic, directions, vector) from a table's (or stack's) record of kinds used."""
+    return record["scale"], record["dynamic"], record["directions"], record["vector"]
 
 
 # Eager in-place calls with validate=False (the model integration's hooks): the last prepared
@@ -115,8 +120,7 @@ def steer_stacked(h: torch.Tensor, config: torch.Tensor, stack, slot: int) -> to
         C.fail("steer_stacked", "config", f"must be int32, got {config.dtype}")
     if not 0 <= slot < stack.n:
         C.fail("steer_stacked", "slot", f"must be in 0..{stack.n - 1}, got {slot}")
-    u = stack._uses
-    uses = (u["scale"], u["dynamic"], u["directions"], u["vector"])
+    uses = _uses(stack._uses)
     scale, dyn, dirs, vec = uses[0] or uses[1], uses[1], uses[2] > 0, uses[3]
     needed = (scale, True, dyn, dyn, dirs, dirs, dirs, vec, vec)  # per part, in _PARTS' order
     parts = [getattr(stack, name)[slot] if need else None for name, need in zip(_PARTS, needed)]
