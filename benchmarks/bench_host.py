@@ -79,14 +79,32 @@ def main(argv=None):
         raw_add = torch.ops.steerkit_cuda.add.default
         cases["torch.ops.steerkit_cuda.add (prepared)"] = lambda: raw_add(x2, x2, v, None, 0.01)
 
-    # the hf integration's forward hook, as a decoder block's output passes through it
-    from steerkit.integrations.hf import Steering
+    if verdict["triton"] == "ok":  # Triton's generic launch path, which the prepared launch skips
+        import importlib
+
+        steer_module = importlib.import_module("steerkit.ops.steer")
+        table2 = SteeringTable(a.d, 256, 1, device=dev)
+        table2.set(1, vector=torch.randn(a.d), strength=0.01)
+        with torch.no_grad():
+            ops.steer_(h, config, table2, backend="triton", validate=False)
+        steer_module._FAST[table2][3].prepared = False
+        cases["ops.steer_ triton, generic launch"] = lambda: ops.steer_(h, config, table2, backend="triton", validate=False)
+
+    # the hf integration's hook, as a decoder block's output passes through it, alone and as a
+    # forward hook on a module (an Identity: what the hook machinery itself costs)
+    from steerkit.integrations.hf import Steering, hook_site
 
     steering = Steering.__new__(Steering)  # only the hook path: no model needed
     steering._ids, steering._tokens, steering._rule, steering._pad = torch.ones(a.T, dtype=torch.int32, device=dev), None, "all", None
     steering._pos, steering._cached, steering.backend = None, (None, None, None), None
-    hook = steering._hook(table)  # what the site hook runs on the hidden states
+    hook = steering._hook(table, 0, 0)  # what the site hook runs on the hidden states
     cases["hf Steering hook (auto backend)"] = lambda: hook(h)
+    plain, noop, steered = torch.nn.Identity(), torch.nn.Identity(), torch.nn.Identity()
+    noop.register_forward_hook(lambda m, args, out: None)
+    hook_site(steered, "out", hook)
+    cases["Identity module, no hook"] = lambda: plain(h)
+    cases["Identity module, no-op forward hook"] = lambda: noop(h)
+    cases["Identity module, hf Steering hook"] = lambda: steered(h)
 
     rows = []
     with torch.no_grad():

@@ -9,12 +9,12 @@ from .add_gathered import add_gathered
 from .patch import patch
 from .project_out import project_out
 from .scale import scale
-from .steer import steer
+from .steer import prepare_steer, steer
 from .sae_decode import sae_decode
 from .sae_encode_jumprelu import sae_encode_jumprelu
 from .sae_encode_selected import sae_encode_selected
 from .sae_encode_topk import sae_encode_topk
 from .sae_steer import sae_steer
 
-__all__ = ["add", "add_gathered", "patch", "project_out", "scale", "steer",
+__all__ = ["add", "add_gathered", "patch", "project_out", "scale", "steer", "prepare_steer",
            "sae_decode", "sae_encode_jumprelu", "sae_encode_selected", "sae_encode_topk", "sae_steer"]

@@ -10,7 +10,9 @@ bandwidth). Under TRITON_INTERPRET=1 (CPU tests) time grows with programs x bloc
 are made as large as possible there.
 """
 import os
+from typing import Optional
 
+import torch
 import triton
 
 MAX_D = 32768  # whole-row kernels keep the row in registers; wider rows go to another backend
@@ -63,3 +65,53 @@ SKIP_READ_MIN_T = 256
 
 def skip_untouched_reads(T: int, in_place: bool) -> bool:
     return in_place and T >= SKIP_READ_MIN_T
+
+
+class Prepared:
+    """A compiled Triton launch repeated on rows at another address (eager decode: one kernel per
+    layer with the same table, config and shapes). Triton's generic launch binds and specialises
+    every argument and looks the kernel up on each call, tens of µs of host time; this calls the
+    compiled kernel's launcher directly, with every argument but the row pointer fixed. The other
+    pointer arguments are passed as addresses, so the caller keeps those tensors alive and
+    unchanged. ``make`` returns None where there is no compiled launcher (the interpreter, or a
+    Triton whose compiled kernels lack one); a call returns False, launching nothing, where the
+    kernel's specialisation would not hold (a row pointer of another alignment, another device)
+    or a launch hook is installed (profilers), so the caller takes the generic path."""
+
+    def __init__(self, kernel, grid, args, x_index, device):
+        self.run, self.function, self.packed = kernel.run, kernel.function, kernel.packed_metadata
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.head = tuple(a.data_ptr() if hasattr(a, "data_ptr") else a for a in args[:x_index])
+        self.tail = tuple(a.data_ptr() if hasattr(a, "data_ptr") else a for a in args[x_index + 2:])
+        self.aligned = args[x_index].data_ptr() % 16 == 0  # Triton specialises pointers on this
+        self.device = device
+        from triton import knobs
+        from triton.runtime import driver
+
+        self.hooks, self.stream = knobs.runtime, driver.active.get_current_stream
+
+    @classmethod
+    def make(cls, kernel, grid, args, x_index: int = 0) -> Optional["Prepared"]:
+        """``args``: the kernel's arguments in parameter order, constexprs included, with the row
+        tensor at ``x_index`` and the output (the same tensor, in place) right after it."""
+        if interpreting() or not all(hasattr(kernel, a) for a in ("run", "function", "packed_metadata")):
+            return None
+        x = args[x_index]
+        if args[x_index + 1] is not x or not x.is_cuda:
+            return None
+        try:
+            return cls(kernel, grid, args, x_index, x.device.index)
+        except Exception:  # another Triton's internals: the generic path still works
+            return None
+
+    def __call__(self, x) -> bool:
+        """Launch on x (shaped, strided and typed like the prepared rows); False if not done."""
+        p = x.data_ptr()
+        if (self.aligned and p % 16) or self.hooks.launch_enter_hook is not None:
+            return False
+        if torch.cuda.current_device() != self.device:
+            return False
+        gx, gy, gz = self.grid
+        self.run(gx, gy, gz, self.stream(self.device), self.function, self.packed, None, None, None,
+                 *self.head, p, p, *self.tail)
+        return True

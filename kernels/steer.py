@@ -10,10 +10,12 @@ configuration decides, with scalar branches, which stages run, so a vector-only 
 does no reduction and the direction loop runs n_dirs[i] times, not R.
 Floor: read + write T*d elements of x (table rows are few and hot: L1/L2).
 """
+from typing import Optional
+
 import triton
 import triton.language as tl
 
-from ._launch import row_loop_config, skip_untouched_reads
+from ._launch import Prepared, row_loop_config, skip_untouched_reads
 
 FLAG_DYNAMIC = tl.constexpr(1)
 FLAG_VECTOR = tl.constexpr(2)
@@ -59,16 +61,32 @@ def _steer_kernel(x_ptr, out_ptr, cfg_ptr, scale_ptr, flags_ptr, dyn_w_ptr, dyn_
                 tl.store(op, x_raw, mask=col_ok)
 
 
-def steer(x, out, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength):
-    """x, out: [T, d]; config: [T] int32; the table tensors as in steerkit.ops.reference.steer
-    (contiguous)."""
+def _launch(x, out, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength):
+    """(grid, arguments in parameter order with the constexprs, num_warps)."""
     T, d = x.shape
-    if T == 0 or d == 0:
-        return
     in_place = x.data_ptr() == out.data_ptr()
     rows, bd, warps = row_loop_config(T, d)
-    _steer_kernel[(triton.cdiv(T, rows),)](
-        x, out, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength,
-        T, d, scale.shape[0], dirs.shape[1], x.stride(0), out.stride(0),
-        IN_PLACE=in_place, SKIP_READ=skip_untouched_reads(T, in_place), ROWS=rows, BLOCK_D=bd,
-        num_warps=warps)
+    args = (x, out, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength,
+            T, d, scale.shape[0], dirs.shape[1], x.stride(0), out.stride(0),
+            in_place, skip_untouched_reads(T, in_place), rows, bd)  # IN_PLACE, SKIP_READ, ROWS, BLOCK_D
+    return (triton.cdiv(T, rows),), args, warps
+
+
+def steer(x, out, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength):
+    """x, out: [T, d]; config: [T] int32; the table tensors as in steerkit.ops.reference.steer
+    (contiguous). Returns Triton's compiled kernel (None for empty x)."""
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return None
+    grid, args, warps = _launch(x, out, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength)
+    return _steer_kernel[grid](*args, num_warps=warps)
+
+
+def prepare_steer(x, config, *table) -> Optional[Prepared]:
+    """Run steer in place on x ([T, d], contiguous) and return a launch of the same kernel prepared
+    for later in-place calls on rows shaped like x with the same config and table tensors (see
+    ``_launch.Prepared``), or None where there is none."""
+    kernel = steer(x, x, config, *table)
+    if kernel is None:
+        return None
+    grid, args, _ = _launch(x, x, config, *table)
+    return Prepared.make(kernel, grid, args)

@@ -39,3 +39,21 @@ def test_tiny_run_rows():
     assert {r["variant"] for r in rows} == {"none", "steerkit-add", "hook-mix"}
     assert all(r["us"] > 0 and r["us_min"] <= r["us"] <= r["us_max"] for r in rows)
     assert all("tok_s" in r for r in rows if r["phase"] == "decode")
+
+
+def test_eager_runs_only_the_measured_variants_hooks(monkeypatch):
+    """Eager: the switched-off variants' hooks are parked (out of the modules), so the unsteered
+    baseline runs no hook and a steered variant only its own; compiled runs keep them all."""
+    seen = []
+    build = M.build_model
+
+    def spied(*a, **k):
+        model = build(*a, **k)
+        first = model.model.layers[0]
+        first.register_forward_pre_hook(lambda m, args: seen.append(len(m._forward_hooks)))
+        return model
+
+    monkeypatch.setattr(M, "build_model", spied)
+    M.run(shape="tiny", batches=(2,), modes=("eager",), phases=("decode",), kinds=("add",), hook_kinds=("mix",),
+          steps=1, rounds=2, prompt=4, device="cpu", log=lambda s: None)
+    assert seen and max(seen) == 1 and 0 in seen  # one variant at a time; none for the baseline

@@ -166,6 +166,53 @@ def test_repeated_unvalidated_calls_reuse_the_launch_and_see_every_change(backen
         check(randn(3, 2, 64)[:, :, :].contiguous(), config)
 
 
+def test_prepared_triton_launch_repeats_on_new_rows():
+    """After the first fast call, Triton's compiled launch is reused on new rows (the generic
+    launcher is never called again, so it is made to fail here); rows whose address breaks the
+    kernel's alignment specialisation, or a current device other than the prepared one, take
+    the generic path. In the interpreter there is no compiled launcher: the generic path runs."""
+    d, T = 320, 5
+    table = make_table(d)
+    config = torch.tensor([1, 0, 3, 6, 2], device=DEVICE, dtype=torch.int32)
+    steer_module = importlib.import_module("steerkit.ops.steer")
+
+    def check(h):
+        want = _ref(h, config, table).to(h.dtype)
+        v0 = h._version
+        ops.steer_(h, config, table, backend="triton", validate=False)
+        torch.testing.assert_close(h, want, rtol=1e-5, atol=1e-5)
+        assert h._version > v0
+
+    with torch.no_grad():
+        check(randn(T, d))
+        run = steer_module._FAST[table][3]
+        if DEVICE == "cpu":
+            assert run.prepared is False
+            check(randn(T, d))
+            return
+        from steerkit.kernels._launch import Prepared
+
+        assert isinstance(run.prepared, Prepared)
+        generic = run.launch
+
+        def refuse(*a):
+            raise AssertionError("the generic launcher ran")
+
+        run.launch = refuse
+        for _ in range(3):
+            check(randn(T, d))
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            check(randn(T, d))
+        torch.cuda.synchronize()
+        buf = randn(T * d + 1)
+        odd = buf[1:].view(T, d)  # 4 bytes past a 16-byte boundary: not the prepared specialisation
+        with pytest.raises(AssertionError, match="generic launcher"):
+            ops.steer_(odd, config, table, backend="triton", validate=False)
+        run.launch = generic
+        check(odd)
+
+
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_stacked_tables_are_independent_slices(backend):
     """Tables of one TableStack are slices of shared tensors: each is written on its own, the

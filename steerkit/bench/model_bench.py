@@ -11,7 +11,9 @@ unsteered and against the same intervention written as a plain PyTorch forward h
 
 Every variant's hooks are registered once and switched on and off (a switched-off hook returns at
 once, and compiles away), so the compiled variants stay cached side by side and the rounds can be
-interleaved: each round measures every variant once; rows report the median and the spread.
+interleaved: each round measures every variant once; rows report the median and the spread. In
+eager mode the switched-off variants' hooks are also taken out of the modules (parked), so the
+unsteered baseline runs no hook at all and a steered variant runs only its own.
 
 Variants: ``none``; ``steerkit-<kind>`` and ``hook-<kind>`` for kind in add, scale, ablate,
 dynamic, mix; each with one shared configuration (``shared``) or a distinct one per sequence
@@ -125,6 +127,29 @@ class _HookVariant:
         return (y,) + tuple(out[1:]) if isinstance(out, tuple) else y
 
 
+class _Parked:
+    """Takes a variant's registered hooks out of their modules' hook dicts and puts them back
+    (eager runs: a hook that is only switched off still costs a Python call per module)."""
+
+    def __init__(self, handles):
+        self.entries = [(h.hooks_dict_ref(), h.id) for h in handles]
+        self.parked: Dict[int, Callable] = {}
+
+    def park(self):
+        for hooks, i in self.entries:
+            if hooks is not None and i in hooks:
+                self.parked[i] = hooks.pop(i)
+
+    def unpark(self):
+        for hooks, i in self.entries:
+            if i in self.parked:
+                hooks[i] = self.parked.pop(i)
+
+
+def _handles(variant) -> list:
+    return variant.handle._handles if isinstance(variant, _SteerkitVariant) else variant.handles
+
+
 def _timer(device: str, host: Optional[List[float]] = None):
     """Wall time of fn in µs (CUDA events on a GPU); Python's garbage collector is held off
     during the measurement so that its pauses do not land in one variant's sample. With ``host``
@@ -196,10 +221,16 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
     timer = _timer(device, host_us)
     rows: List[dict] = []
 
-    def switch(name: str, assign: str, B: int):
-        for v in variants.values():
+    parked = {name: _Parked(_handles(v)) for name, v in variants.items() if v is not None}
+
+    def switch(name: str, assign: str, B: int, eager: bool = False):
+        for other, v in variants.items():
             if v is not None:
                 v.off()
+                if eager and other != name:
+                    parked[other].park()
+                else:
+                    parked[other].unpark()
         if variants[name] is not None:
             ids = torch.ones(B, dtype=torch.int32) if assign == "shared" else torch.arange(1, B + 1, dtype=torch.int32)
             variants[name].on(ids.to(device))
@@ -241,16 +272,16 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                 host: Dict[tuple, List[float]] = {c: [] for c in cases}
                 t0 = time.time()
                 for name, assign in cases:  # warm up: compile and capture each variant
-                    switch(name, assign, B)
+                    switch(name, assign, B, mode == "eager")
                     measure()
                     measure()
                 log(f"# {mode} {phase} B={B}: warm-up {time.time() - t0:.0f} s")
                 for _ in range(rounds):
                     for name, assign in cases:
-                        switch(name, assign, B)
+                        switch(name, assign, B, mode == "eager")
                         samples[(name, assign)].append(measure())
                         host[(name, assign)].append(host_us[-1] / (steps if phase == "decode" else 1))
-                switch("none", "-", B)
+                switch("none", "-", B)  # every hook back in place
                 base = statistics.median(samples[("none", "-")])
                 host_base = statistics.median(host[("none", "-")])
                 for (name, assign), xs in samples.items():

@@ -175,18 +175,46 @@ def call(name: str, inplace: bool, h: torch.Tensor, params: Sequence, backend: O
     return op.outplace(h, *params, b)
 
 
-def inplace_launch(name: str, h: torch.Tensor, params: Sequence, backend: Optional[str]):
-    """For repeated eager in-place calls with the same parameters on same-shaped rows (a hook
-    applying one table at every layer of a decode step): ``(launch, args)`` such that
-    ``launch(x2, x2, *args)`` runs op ``name`` on a [T, d] row view x2, with the backend
-    resolved and the parameters prepared once; None where the fast path does not apply."""
+class FastLaunch:
+    """``run(h) -> bool``: op ``name`` in place on h, the backend resolved and the parameters
+    prepared once, for repeated eager calls on same-shaped rows (a hook applying one table at
+    every layer of a decode step). On Triton, an op with a ``prepare_<name>`` launcher also
+    gets its compiled launch prepared on the first call (``kernels._launch.Prepared``), which
+    skips Triton's generic launch path afterwards. False: nothing done (no row view of h)."""
+
+    def __init__(self, launch: Callable, args: tuple, prepare: Optional[Callable]):
+        self.launch, self.args, self.prepare = launch, args, prepare
+        self.prepared = None  # the Prepared launch; False once preparing gave none
+
+    def __call__(self, h: torch.Tensor) -> bool:
+        p = self.prepared
+        if not (p and h.is_contiguous() and p(h)):
+            x2 = _rows(h)
+            if x2 is None:
+                return False
+            if p is None and self.prepare is not None and h.is_contiguous():
+                self.prepared = self.prepare(x2, *self.args) or False  # runs the op too
+            else:
+                self.launch(x2, x2, *self.args)
+        _bump_version(h)
+        return True
+
+
+def inplace_launch(name: str, h: torch.Tensor, params: Sequence, backend: Optional[str]) -> Optional[FastLaunch]:
+    """The ``FastLaunch`` of op ``name`` with these parameters for rows shaped like h; None where
+    the fast path does not apply (compiling, autograd, a tensor subclass, the torch backend)."""
     if torch.compiler.is_compiling() or torch.is_grad_enabled() or type(h) is not torch.Tensor:
         return None
     b = resolve(name, h, backend)
     x2 = _rows(h)
     if b == "torch" or x2 is None:
         return None
-    return _launcher(b, name), tuple(OPS[name].prepare(x2, *params))
+    prepare = None
+    if b == "triton":
+        import steerkit.kernels as K
+
+        prepare = getattr(K, f"prepare_{name}", None)
+    return FastLaunch(_launcher(b, name), tuple(OPS[name].prepare(x2, *params)), prepare)
 
 
 def vector_for_kernels(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
