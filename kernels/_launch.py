@@ -67,6 +67,11 @@ def skip_untouched_reads(T: int, in_place: bool) -> bool:
     return in_place and T >= SKIP_READ_MIN_T
 
 
+def _idle(hook) -> bool:
+    """A Triton launch hook that calls nothing (None, or a hook chain with no calls)."""
+    return hook is None or (type(hook).__name__ == "HookChain" and not hook.calls)
+
+
 class Prepared:
     """A compiled Triton launch repeated on rows at another address (eager decode: one kernel per
     layer with the same table, config and shapes). Triton's generic launch binds and specialises
@@ -107,7 +112,7 @@ class Prepared:
     def __call__(self, x) -> bool:
         """Launch on x (shaped, strided and typed like the prepared rows); False if not done."""
         p = x.data_ptr()
-        if (self.aligned and p % 16) or self.hooks.launch_enter_hook is not None:
+        if (self.aligned and p % 16) or not (_idle(self.hooks.launch_enter_hook) and _idle(self.hooks.launch_exit_hook)):
             return False
         if torch.cuda.current_device() != self.device:
             return False

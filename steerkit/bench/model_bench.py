@@ -11,7 +11,9 @@ unsteered and against the same intervention written as a plain PyTorch forward h
 
 Every variant's hooks are registered once and switched on and off (a switched-off hook returns at
 once, and compiles away), so the compiled variants stay cached side by side and the rounds can be
-interleaved: each round measures every variant once; rows report the median and the spread. In
+interleaved: each round measures every variant once; rows report the median and the spread, and
+the paired difference (``paired_pct``: the median over rounds of each round's sample against the
+same round's unsteered one, with its quartiles), which the host's slow periods do not skew. In
 eager mode the switched-off variants' hooks are also taken out of the modules (parked), so the
 unsteered baseline runs no hook at all and a steered variant runs only its own.
 
@@ -284,11 +286,17 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                 switch("none", "-", B)  # every hook back in place
                 base = statistics.median(samples[("none", "-")])
                 host_base = statistics.median(host[("none", "-")])
+                base_xs = samples[("none", "-")]
                 for (name, assign), xs in samples.items():
                     med = statistics.median(xs)
+                    # paired: each round's sample against the same round's unsteered sample, so
+                    # the host's slow and fast periods (eager runs are host-bound) cancel
+                    paired = sorted(100.0 * (x / b - 1.0) for x, b in zip(xs, base_xs))
                     row = dict(shape=shape, mode=mode, phase=phase, batch=B, seq=S, variant=name, assign=assign,
                                us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=steps,
-                               overhead_pct=100.0 * (med / base - 1.0), layers_steered=0 if name == "none" else n_layers,
+                               overhead_pct=100.0 * (med / base - 1.0), paired_pct=statistics.median(paired),
+                               paired_q1=paired[len(paired) // 4], paired_q3=paired[(3 * len(paired)) // 4],
+                               layers_steered=0 if name == "none" else n_layers,
                                dynamic=str(dynamic) if mode == "compiled" else "-",
                                backend=(backend or "auto") if mode == "eager" else "-",
                                host_us=statistics.median(host[(name, assign)]),
@@ -297,7 +305,8 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                         row["tok_s"] = B * 1e6 / med
                     rows.append(row)
                     log(f"{shape:13} {mode:8} {phase:7} B={B:<4} {name:17} {assign:8} {med:10.1f} us "
-                        f"[{min(xs):.1f}-{max(xs):.1f}] {row['overhead_pct']:+6.2f}%  host CPU {row['host_us']:.0f} us "
+                        f"[{min(xs):.1f}-{max(xs):.1f}] {row['overhead_pct']:+6.2f}%  paired {row['paired_pct']:+6.2f}% "
+                        f"[{row['paired_q1']:+.1f}, {row['paired_q3']:+.1f}]  host CPU {row['host_us']:.0f} us "
                         f"{row['host_overhead_pct']:+6.2f}%")
                 if emit is not None:
                     emit(rows[-len(samples):])

@@ -8,6 +8,7 @@ anything with ``d``, ``device`` and ``tensors()`` in SteeringTable's order works
 """
 from __future__ import annotations
 
+import operator
 import weakref
 from typing import Optional
 
@@ -63,12 +64,9 @@ def _fast_steer_(h, config, table, backend) -> bool:
         e = _FAST.get(table)
     except TypeError:  # a table type that cannot be weakly referenced: no fast path
         return False
-    if e is None or e[0] is not config or e[1] != (h.dtype, h.device, h.shape[:-1], backend):
-        return False
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or type(h) is not torch.Tensor:
-        return False
-    tensors = table.tensors()
-    if any(a is not b for a, b in zip(tensors, e[2])):
+    if (e is None or e[0] is not config or e[1] != (h.dtype, h.device, h.shape[:-1], backend)
+            or torch.is_grad_enabled() or torch.compiler.is_compiling() or type(h) is not torch.Tensor
+            or not all(map(operator.is_, table.tensors(), e[2]))):
         return False
     return e[3](h)
 
