@@ -87,7 +87,7 @@ def main(argv=None):
         table2.set(1, vector=torch.randn(a.d), strength=0.01)
         with torch.no_grad():
             ops.steer_(h, config, table2, backend="triton", validate=False)
-        steer_module._FAST[table2][3].prepared = False
+        steer_module._FAST[table2][id(config)][3].prepared = False
         cases["ops.steer_ triton, generic launch"] = lambda: ops.steer_(h, config, table2, backend="triton", validate=False)
 
     # the hf integration's hook, as a decoder block's output passes through it, alone and as a
@@ -96,7 +96,7 @@ def main(argv=None):
 
     steering = Steering.__new__(Steering)  # only the hook path: no model needed
     steering._ids, steering._tokens, steering._rule, steering._pad = torch.ones(a.T, dtype=torch.int32, device=dev), None, "all", None
-    steering._pos, steering._cached, steering.backend = None, (None, None, None), None
+    steering._pos, steering._configs, steering.backend = None, {}, None
     hook = steering._hook(table, 0, 0)  # what the site hook runs on the hidden states
     cases["hf Steering hook (auto backend)"] = lambda: hook(h)
     plain, noop, steered = torch.nn.Identity(), torch.nn.Identity(), torch.nn.Identity()

@@ -109,7 +109,8 @@ def test_eager_decode_steps_reuse_the_prepared_launch(monkeypatch):
     import importlib
 
     steer_module = importlib.import_module("steerkit.ops.steer")
-    model = _tiny("llama")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # Triton: the GPU, or the interpreter
+    model = _tiny("llama").to(device)
     handle = I.attach(model, ["resid_post.0", "resid_post.1"], capacity=4, backend="triton")
     a = handle.add({"resid_post.0": dict(vector=torch.randn(D), strength=2.0),
                     "resid_post.1": dict(scale=0.5)})
@@ -119,11 +120,35 @@ def test_eager_decode_steps_reuse_the_prepared_launch(monkeypatch):
     monkeypatch.setattr(steer_module, "_fast_steer_", lambda *args: hits.append(orig(*args)) or hits[-1])
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     with torch.no_grad():
-        out = model.generate(IDS, **kw)
+        out = model.generate(IDS.to(device), **kw)
     assert sum(hits) >= 2 * 2, hits  # both sites, at least the last two decode steps
+    hits.clear()
+    handle.assign([a, 0, a])  # the same assignment again, as a new tensor
+    with torch.no_grad():
+        again = model.generate(IDS.to(device), **kw)
+    # the per-token ids of the prefill and the decode steps are rewritten in place, so every
+    # call of the second generate (2 sites x (prefill + 3 decode steps)) reuses a launch
+    assert hits == [True] * 8, hits
+    assert torch.equal(again, out)
     handle.backend = "torch"
     with torch.no_grad():
-        assert torch.equal(model.generate(IDS, **kw), out)
+        assert torch.equal(model.generate(IDS.to(device), **kw), out)
+    handle.detach()
+
+
+def test_per_token_ids_saved_for_backward_are_not_overwritten():
+    """The eager per-token ids are rewritten in place between forwards without gradients, but
+    not those of a forward with gradients: the steering op saved them for its backward."""
+    model = _tiny("llama")
+    handle = I.attach(model, ["resid_post.0"], capacity=2)
+    a = handle.add({"resid_post.0": dict(vector=torch.randn(D), strength=2.0, scale=0.5)})
+    handle.assign([a, 0, a])
+    loss = model(input_ids=IDS).logits.float().pow(2).mean()
+    handle.assign([0, a, 0])
+    with torch.no_grad():
+        model(input_ids=IDS)
+    loss.backward()  # raises if the saved ids were modified in place
+    assert model.model.layers[0].mlp.down_proj.weight.grad is not None
     handle.detach()
 
 

@@ -223,7 +223,7 @@ class Steering:
         self._prompt_len: Optional[torch.Tensor] = None  # [batch] real prompt tokens
         self._pad: Optional[torch.Tensor] = None  # [batch, prompt length] True on padding
         self._pos: Optional[torch.Tensor] = None  # position_ids of the current forward
-        self._cached = (None, None, None)  # eager: (shape key, position_ids, per-token ids) of this forward
+        self._configs = {}  # eager: per-token ids per (leading shape, device); see _config_for
         self._used = set()
         self._pos_handle = None  # the positions hook, registered once a position rule needs it
         # the tables of all sites of one width live in one TableStack: compiled, the hooks read
@@ -287,7 +287,6 @@ class Steering:
         also keeps padding tokens untouched.
         """
         self._tokens = None
-        self._cached = (None, None, None)
         if ids is None:
             self._ids = None
             return
@@ -320,7 +319,6 @@ class Steering:
         if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.capacity):
             raise ValueError(f"assign_tokens: ids must be in 0..{self.capacity}")
         self._rule, self._pad, self._prompt_len = "all", None, None
-        self._cached = (None, None, None)
         self._tokens = t.to(self.device)
         self._ids = self._tokens  # steering on
 
@@ -330,7 +328,6 @@ class Steering:
         engine's slot table: compiled and captured graphs keep reading it where it is). No value
         check here: the caller keeps the ids in 0..capacity. None: steering off."""
         self._tokens, self._rule, self._pad, self._prompt_len = None, "all", None, None
-        self._cached = (None, None, None)
         self._ids = ids
 
     @staticmethod
@@ -361,15 +358,31 @@ class Steering:
         self._pos = kwargs.get("position_ids")
 
     def _config_for(self, h: torch.Tensor) -> torch.Tensor:
-        """Per-token configuration ids for h; in eager mode built once per forward (same shape,
-        same position_ids object, ids not written in place since) and reused by every site."""
+        """Per-token configuration ids for h. Eagerly, one tensor per leading shape (a model's
+        prefill and its decode steps each have theirs), rebuilt only when the ids, their
+        in-place version, the rule or this forward's position_ids change; without gradients it
+        is rewritten in place, so it stays the same object and ``ops.steer_`` keeps reusing its
+        prepared launches for it (with gradients a new tensor is made: one saved for backward
+        must not be overwritten)."""
         if torch.compiler.is_compiling():
             return self._build_config(h)
         ids = self._tokens if self._tokens is not None else self._ids
-        key = (tuple(h.shape[:-1]), h.device, ids._version)
-        if self._cached[0] != key or self._cached[1] is not self._pos:
-            self._cached = (key, self._pos, self._build_config(h).contiguous())
-        return self._cached[2]
+        src = (ids, ids._version, self._rule, self._pad, self._pos)
+        key = (h.shape[:-1], h.device)
+        e = self._configs.get(key)
+        if e is not None:
+            s = e[0]
+            if s[0] is ids and s[1] == src[1] and s[2] == src[2] and s[3] is src[3] and s[4] is src[4]:
+                return e[1]
+        config = self._build_config(h)
+        if e is not None and e[2] and not torch.is_grad_enabled():
+            config = e[1].copy_(config)
+        else:
+            if len(self._configs) >= 8:  # prompts of many lengths: keep the few latest shapes
+                self._configs.pop(next(iter(self._configs)))
+            config = config.clone(memory_format=torch.contiguous_format)  # never a view of the ids
+        self._configs[key] = (src, config, not torch.is_grad_enabled())
+        return config
 
     def _build_config(self, h: torch.Tensor) -> torch.Tensor:
         if self._tokens is not None:

@@ -51,24 +51,38 @@ def _uses(record: dict) -> tuple:
     return record["scale"], record["dynamic"], record["directions"], record["vector"]
 
 
-# Eager in-place calls with validate=False (the model integration's hooks): the last prepared
-# launch per table (an ops._registry.FastLaunch), reused while the table's tensors, the config
-# tensor, h's dtype/device/leading shape and the backend request are the same objects/values (a
-# decode step calls one table per layer with one config tensor). It skips the checks, the
-# preparation and, on Triton, the generic launch path: most of the host time of a call.
+# Eager in-place calls with validate=False (the model integration's hooks): the prepared
+# launches per table (ops._registry.FastLaunch), one per config tensor (the last few: a model's
+# prefill and decode steps each have theirs), reused while the table's tensors, the config
+# tensor, h's dtype/device/leading shape and the backend request are the same objects/values.
+# It skips the checks, the preparation and, on Triton, the generic launch path: most of the host
+# time of a call. Entries hold their config tensor, so its id() is not reused while they live.
 _FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FAST_PER_TABLE = 4
 
 
 def _fast_steer_(h, config, table, backend) -> bool:
     try:
-        e = _FAST.get(table)
+        entries = _FAST.get(table)
     except TypeError:  # a table type that cannot be weakly referenced: no fast path
         return False
+    e = None if entries is None else entries.get(id(config))
     if (e is None or e[0] is not config or e[1] != (h.dtype, h.device, h.shape[:-1], backend)
             or torch.is_grad_enabled() or torch.compiler.is_compiling() or type(h) is not torch.Tensor
             or not all(map(operator.is_, table.tensors(), e[2]))):
         return False
     return e[3](h)
+
+
+def _remember(table, config, entry) -> None:
+    try:
+        entries = _FAST.setdefault(table, {})
+    except TypeError:
+        return
+    entries.pop(id(config), None)
+    while len(entries) >= _FAST_PER_TABLE:
+        entries.pop(next(iter(entries)))  # the oldest
+    entries[id(config)] = entry
 
 
 def steer_(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[str] = None,
@@ -80,10 +94,7 @@ def steer_(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[st
     if not validate and isinstance(config, torch.Tensor) and config.is_contiguous():  # reshape = view
         run = inplace_launch("steer", h, params, backend)
         if run is not None:
-            try:
-                _FAST[table] = (config, (h.dtype, h.device, h.shape[:-1], backend), params[1:], run)
-            except TypeError:
-                pass
+            _remember(table, config, (config, (h.dtype, h.device, h.shape[:-1], backend), params[1:], run))
             if run(h):
                 return h
     return call("steer", True, h, params, backend, _compiled_reference(table))
