@@ -80,14 +80,11 @@ def main(argv=None):
         cases["torch.ops.steerkit_cuda.add (prepared)"] = lambda: raw_add(x2, x2, v, None, 0.01)
 
     if verdict["triton"] == "ok":  # Triton's generic launch path, which the prepared launch skips
-        import importlib
-
-        steer_module = importlib.import_module("steerkit.ops.steer")
         table2 = SteeringTable(a.d, 256, 1, device=dev)
         table2.set(1, vector=torch.randn(a.d), strength=0.01)
         with torch.no_grad():
             ops.steer_(h, config, table2, backend="triton", validate=False)
-        steer_module._FAST[table2][id(config)][3].prepared = False
+        table2._launches[id(config)][3].prepared = False
         cases["ops.steer_ triton, generic launch"] = lambda: ops.steer_(h, config, table2, backend="triton", validate=False)
 
     # the hf integration's hook, as a decoder block's output passes through it, alone and as a

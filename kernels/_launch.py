@@ -67,11 +67,6 @@ def skip_untouched_reads(T: int, in_place: bool) -> bool:
     return in_place and T >= SKIP_READ_MIN_T
 
 
-def _idle(hook) -> bool:
-    """A Triton launch hook that calls nothing (None, or a hook chain with no calls)."""
-    return hook is None or (type(hook).__name__ == "HookChain" and not hook.calls)
-
-
 class Prepared:
     """A compiled Triton launch repeated on rows at another address (eager decode: one kernel per
     layer with the same table, config and shapes). Triton's generic launch binds and specialises
@@ -80,20 +75,33 @@ class Prepared:
     pointer arguments are passed as addresses, so the caller keeps those tensors alive and
     unchanged. ``make`` returns None where there is no compiled launcher (the interpreter, or a
     Triton whose compiled kernels lack one); a call returns False, launching nothing, where the
-    kernel's specialisation would not hold (a row pointer of another alignment, another device)
-    or a launch hook is installed (profilers), so the caller takes the generic path."""
+    kernel's specialisation would not hold (a row pointer of another alignment, another current
+    device) or a launch hook is installed (profilers), so the caller takes the generic path."""
 
     def __init__(self, kernel, grid, args, x_index, device):
-        self.run, self.function, self.packed = kernel.run, kernel.function, kernel.packed_metadata
-        self.grid = tuple(grid) + (1,) * (3 - len(grid))
-        self.head = tuple(a.data_ptr() if hasattr(a, "data_ptr") else a for a in args[:x_index])
-        self.tail = tuple(a.data_ptr() if hasattr(a, "data_ptr") else a for a in args[x_index + 2:])
-        self.aligned = args[x_index].data_ptr() % 16 == 0  # Triton specialises pointers on this
-        self.device = device
         from triton import knobs
         from triton.runtime import driver
 
-        self.hooks, self.stream = knobs.runtime, driver.active.get_current_stream
+        self.knobs = knobs.runtime
+        self.enter, self.exit = self.knobs.launch_enter_hook, self.knobs.launch_exit_hook
+        if not (hasattr(self.enter, "calls") and hasattr(self.exit, "calls")):
+            raise TypeError("launch hooks are not hook chains")  # a Triton this was not written for
+        head = tuple(a.data_ptr() if hasattr(a, "data_ptr") else a for a in args[:x_index])
+        tail = tuple(a.data_ptr() if hasattr(a, "data_ptr") else a for a in args[x_index + 2:])
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        run = kernel.run
+        if _direct(run):  # the C launch function itself, past the launcher's Python wrapper
+            self.launch = run.launch
+            head = grid + (None, kernel.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
+                           kernel.packed_metadata, None, None, None) + head
+        else:
+            self.launch = run
+            head = grid + (None, kernel.function, kernel.packed_metadata, None, None, None) + head
+        self.head, self.tail = head, tail  # head[3]: the stream, filled in per call
+        self.aligned = args[x_index].data_ptr() % 16 == 0  # Triton specialises pointers on this
+        self.device = device
+        self.stream = driver.active.get_current_stream
+        self.get_device = getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device)
 
     @classmethod
     def make(cls, kernel, grid, args, x_index: int = 0) -> Optional["Prepared"]:
@@ -112,11 +120,21 @@ class Prepared:
     def __call__(self, x) -> bool:
         """Launch on x (shaped, strided and typed like the prepared rows); False if not done."""
         p = x.data_ptr()
-        if (self.aligned and p % 16) or not (_idle(self.hooks.launch_enter_hook) and _idle(self.hooks.launch_exit_hook)):
+        k = self.knobs
+        if ((self.aligned and p % 16) or k.launch_enter_hook is not self.enter or self.enter.calls
+                or k.launch_exit_hook is not self.exit or self.exit.calls or self.get_device() != self.device):
             return False
-        if torch.cuda.current_device() != self.device:
-            return False
-        gx, gy, gz = self.grid
-        self.run(gx, gy, gz, self.stream(self.device), self.function, self.packed, None, None, None,
-                 *self.head, p, p, *self.tail)
+        h = self.head
+        self.launch(h[0], h[1], h[2], self.stream(self.device), *h[4:], p, p, *self.tail)
         return True
+
+
+def _direct(launcher) -> bool:
+    """Whether the compiled launcher's C function can be called past its Python wrapper: Triton
+    3.5 and 3.6's CudaLauncher, with no scratch memory to allocate per launch (that wrapper's
+    only work then is to pass two Nones)."""
+    import triton
+
+    return (type(launcher).__name__ == "CudaLauncher" and triton.__version__.split(".")[:2] in (["3", "5"], ["3", "6"])
+            and getattr(launcher, "global_scratch_size", 1) == 0 and getattr(launcher, "profile_scratch_size", 1) == 0
+            and hasattr(launcher, "launch_cooperative_grid") and hasattr(launcher, "launch_pdl"))

@@ -174,7 +174,7 @@ def hook_site(module: torch.nn.Module, kind: str, fn: Callable[[torch.Tensor], O
         return module.register_forward_pre_hook(pre, with_kwargs=True)
 
     def out(module, args, output):
-        new = fn(_first(output))
+        new = fn(output[0] if isinstance(output, (tuple, list)) else output)
         return None if new is None else _replace_first(output, new)
     return module.register_forward_hook(out)
 
@@ -368,7 +368,7 @@ class Steering:
             return self._build_config(h)
         ids = self._tokens if self._tokens is not None else self._ids
         src = (ids, ids._version, self._rule, self._pad, self._pos)
-        key = (h.shape[:-1], h.device)
+        key = (h.shape[:-1], h.get_device())  # get_device: an int, cheaper than a device object
         e = self._configs.get(key)
         if e is not None:
             s = e[0]
@@ -426,13 +426,12 @@ class Steering:
         return keep
 
     def _apply(self, h: torch.Tensor, table: SteeringTable, stack: int, slot: int) -> Optional[torch.Tensor]:
-        config = self._config_for(h)
-        # out of place under torch.compile (a new output, as a plain hook returns, fuses best)
-        # and when gradients flow; in place otherwise
         if torch.compiler.is_compiling():
-            # through self, not the table: one route to the stacked tensors for every site's hook
-            return ops.steer_stacked(h, config, self._stacks[stack], slot)
-        if torch.is_grad_enabled() and h.requires_grad:
+            # out of place (a new output, as a plain hook returns, fuses best), through self, not
+            # the table: one route to the stacked tensors for every site's hook
+            return ops.steer_stacked(h, self._build_config(h), self._stacks[stack], slot)
+        config = self._config_for(h)
+        if h.requires_grad and torch.is_grad_enabled():  # out of place when gradients flow
             return ops.steer(h, config, table, backend=self.backend, validate=False)
         ops.steer_(h, config, table, backend=self.backend, validate=False)
         return None

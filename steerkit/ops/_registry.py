@@ -69,11 +69,15 @@ def _launcher(backend: str, name: str) -> Callable:
     return fn
 
 
+_INCREMENT = getattr(torch._C, "_increment_version", None)
+
+
 def _bump_version(t: torch.Tensor) -> None:
     """Record an in-place write done behind the dispatcher's back (autograd's version counter)."""
-    bump = getattr(torch.autograd.graph, "increment_version", None)
-    if bump is not None:
-        bump(t)
+    if _INCREMENT is not None:
+        _INCREMENT((t,))
+    else:  # pragma: no cover - older or newer torch without the C entry point
+        torch.autograd.graph.increment_version(t)
 
 
 def _run(op: OpDef, h: torch.Tensor, out: torch.Tensor, params: Sequence, backend: str) -> None:
@@ -188,14 +192,19 @@ class FastLaunch:
 
     def __call__(self, h: torch.Tensor) -> bool:
         p = self.prepared
-        if not (p and h.is_contiguous() and p(h)):
-            x2 = _rows(h)
-            if x2 is None:
-                return False
-            if p is None and self.prepare is not None and h.is_contiguous():
-                self.prepared = self.prepare(x2, *self.args) or False  # runs the op too
-            else:
-                self.launch(x2, x2, *self.args)
+        if p and h.is_contiguous() and p(h):
+            if _INCREMENT is not None:
+                _INCREMENT((h,))  # _bump_version, inlined: this is the per-layer hot path
+            else:  # pragma: no cover
+                _bump_version(h)
+            return True
+        x2 = _rows(h)
+        if x2 is None:
+            return False
+        if p is None and self.prepare is not None and h.is_contiguous():
+            self.prepared = self.prepare(x2, *self.args) or False  # runs the op too
+        else:
+            self.launch(x2, x2, *self.args)
         _bump_version(h)
         return True
 

@@ -52,7 +52,8 @@ def _uses(record: dict) -> tuple:
 
 
 # Eager in-place calls with validate=False (the model integration's hooks): the prepared
-# launches per table (ops._registry.FastLaunch), one per config tensor (the last few: a model's
+# launches per table (ops._registry.FastLaunch; in ``table._launches`` for a SteeringTable, else
+# here), one per config tensor (the last few: a model's
 # prefill and decode steps each have theirs), reused while the table's tensors, the config
 # tensor, h's dtype/device/leading shape and the backend request are the same objects/values.
 # It skips the checks, the preparation and, on Triton, the generic launch path: most of the host
@@ -62,10 +63,12 @@ _FAST_PER_TABLE = 4
 
 
 def _fast_steer_(h, config, table, backend) -> bool:
-    try:
-        entries = _FAST.get(table)
-    except TypeError:  # a table type that cannot be weakly referenced: no fast path
-        return False
+    entries = getattr(table, "_launches", None)  # a SteeringTable keeps its own
+    if entries is None:
+        try:
+            entries = _FAST.get(table)
+        except TypeError:  # a table type that cannot be weakly referenced: no fast path
+            return False
     e = None if entries is None else entries.get(id(config))
     if (e is None or e[0] is not config or e[1] != (h.dtype, h.device, h.shape[:-1], backend)
             or torch.is_grad_enabled() or torch.compiler.is_compiling() or type(h) is not torch.Tensor
@@ -75,10 +78,12 @@ def _fast_steer_(h, config, table, backend) -> bool:
 
 
 def _remember(table, config, entry) -> None:
-    try:
-        entries = _FAST.setdefault(table, {})
-    except TypeError:
-        return
+    entries = getattr(table, "_launches", None)
+    if entries is None:
+        try:
+            entries = _FAST.setdefault(table, {})
+        except TypeError:
+            return
     entries.pop(id(config), None)
     while len(entries) >= _FAST_PER_TABLE:
         entries.pop(next(iter(entries)))  # the oldest

@@ -97,6 +97,7 @@ class SteeringTable:
         for t in self.tensors():  # a table used on its own in a compiled model is read from these
             torch._dynamo.mark_static_address(t)
         self._used = set()
+        self._launches = {}  # ops.steer_'s prepared eager launches for this table, per config tensor
         # kinds of intervention any configuration of the stack has held (never reset): compiled
         # graphs specialise on them; see ``uses``
         self._uses = stack._uses
