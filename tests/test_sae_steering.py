@@ -268,15 +268,17 @@ def test_compiled_fullgraph_no_recompile_when_tables_or_ids_change():
 
 
 def test_triton_kernel_in_the_model_matches_the_reference():
-    """The eager fused kernel (the Triton interpreter on a CPU) against the reference backend."""
-    model = tiny_lm("gpt2")
-    with attach_sae(model, "resid_post.0", _sae("jumprelu"), capacity=2, backend="triton") as h:
+    """The eager fused kernel (on the GPU, or the Triton interpreter on a CPU) against the
+    reference backend."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = tiny_lm("gpt2").to(device)
+    with attach_sae(model, "resid_post.0", _sae("jumprelu").to(device), capacity=2, backend="triton") as h:
         h.set(1, clamp=CLAMP)
         h.set(2, add={7: 2.0}, clamp={60: 3.0}, only_active=True)
         h.assign([2, 0, 1])
-        got = _logits(model, IDS[:, :3])
+        got = _logits(model, IDS[:, :3].to(device))
         h.backend = "torch"
-        want = _logits(model, IDS[:, :3])
+        want = _logits(model, IDS[:, :3].to(device))
     _close(got, want)
 
 

@@ -154,12 +154,12 @@ def _handles(variant) -> list:
 
 def _timer(device: str, host: Optional[List[float]] = None):
     """Wall time of fn in µs (CUDA events on a GPU); Python's garbage collector is held off
-    during the measurement so that its pauses do not land in one variant's sample. With ``host``
+    during the measurement so that its pauses do not land in one variant's sample (the rounds
+    collect once each, between samples). With ``host``
     (a list), the CPU time of this thread during fn (µs) is appended to it: eager decode is bound
     by the host, and the thread's CPU time is not inflated by the machine's other tenants the way
     wall time is (it excludes time the thread was not running)."""
     def run(fn: Callable[[], None]) -> float:
-        gc.collect()
         gc.disable()
         try:
             c0 = time.thread_time()
@@ -279,6 +279,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     measure()
                 log(f"# {mode} {phase} B={B}: warm-up {time.time() - t0:.0f} s")
                 for _ in range(rounds):
+                    gc.collect()
                     for name, assign in cases:
                         switch(name, assign, B, mode == "eager")
                         samples[(name, assign)].append(measure())
