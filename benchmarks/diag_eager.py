@@ -1,0 +1,80 @@
+"""Where does eager steering's host time go in a real decode step?"""
+import cProfile, io, pstats, statistics, sys, time, gc
+import torch
+from steerkit.bench import model_bench as M
+from steerkit.integrations import hf
+from transformers import StaticCache
+
+shape = sys.argv[1] if len(sys.argv) > 1 else "llama-3.2-1b"
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+backend = None if dev == "cuda" else "triton"
+model = M.build_model(shape, dev, torch.bfloat16 if dev == "cuda" else torch.float32)
+B, S0 = 1, 32
+params = M._Params(4, model.config.hidden_size, dev)
+sk = M._SteerkitVariant(model, "add", params, 4, backend)
+hk = M._HookVariant(model, "add", params)
+parked = {"sk": M._Parked(sk.handle._handles), "hk": M._Parked(hk.handles)}
+from steerkit.kernels._launch import Prepared
+real_call = Prepared.__call__
+mode = {"launch": True}
+def maybe_call(self, x):
+    return real_call(self, x) if mode["launch"] else True
+Prepared.__call__ = maybe_call
+ids = torch.ones(B, dtype=torch.int32, device=dev)
+in_hook = [0.0]
+orig_apply = hf.Steering._apply
+def timed_apply(self, *a):
+    t0 = time.perf_counter(); r = orig_apply(self, *a); in_hook[0] += time.perf_counter() - t0; return r
+hf.Steering._apply = timed_apply
+
+def use(name):
+    sk.off(); hk.off()
+    mode["launch"] = name != "sk-nolaunch"
+    for k, p in parked.items():
+        (p.unpark if k == name[:2] else p.park)()
+    if name in ("sk", "sk-nolaunch"): sk.on(ids)
+    if name == "hk": hk.on(ids)
+
+cache = StaticCache(config=model.config, max_cache_len=S0 + 4000)
+tok0 = torch.randint(0, model.config.vocab_size, (B, S0), device=dev)
+sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+with torch.no_grad():
+    model(input_ids=tok0, past_key_values=cache, cache_position=torch.arange(S0, device=dev), logits_to_keep=1)
+    tok = tok0[:, -1:]
+    pos_i = [S0]
+    def step():
+        pos = torch.full((1,), pos_i[0], device=dev, dtype=torch.long)
+        pos_i[0] += 1
+        if pos_i[0] > S0 + 3900: pos_i[0] = S0
+        return model(input_ids=tok, past_key_values=cache, cache_position=pos, position_ids=pos.expand(B, 1))
+    names = ["none", "sk", "sk-nolaunch", "sk-off", "hk"]
+    for n in names:
+        use(n); [step() for _ in range(5)]
+    sync()
+    gc.disable()
+    t = {n: [] for n in names}; g = {n: [] for n in names}; hooks = {n: [] for n in names}
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if dev == "cuda" else None
+    for r in range(100):
+        for n in names:
+            use(n); step(); sync()  # the step after the first: steady state
+            in_hook[0] = 0.0
+            if ev: ev[0].record()
+            t0 = time.perf_counter(); step(); t1 = time.perf_counter()
+            if ev: ev[1].record(); ev[1].synchronize(); g[n].append(1000 * ev[0].elapsed_time(ev[1]))
+            t[n].append((t1 - t0) * 1e6)
+            hooks[n].append(in_hook[0] * 1e6)
+    gc.enable()
+    med = {n: statistics.median(x) for n, x in t.items()}
+    for n in names:
+        paired = statistics.median([a / b - 1 for a, b in zip(t[n], t["none"])]) * 100
+        q = statistics.quantiles(t[n], n=10)
+        gpu = statistics.median(g[n]) if g[n] else 0.0
+        print(f"{n:11s} host {med[n]:9.1f} us  p10 {q[0]:9.1f}  p90 {q[-1]:9.1f}  paired {paired:+6.2f}%  "
+              f"GPU (events) {gpu:9.1f} us  in _apply {statistics.median(hooks[n]):8.1f} us")
+    for n in ["none", "sk"]:
+        use(n)
+        pr = cProfile.Profile(); pr.enable()
+        for _ in range(30): step()
+        pr.disable(); sync()
+        s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(30)
+        print(f"==== profile {n} (30 steps)"); print("\n".join(s.getvalue().splitlines()[:45]))
