@@ -166,12 +166,14 @@ def test_repeated_unvalidated_calls_reuse_the_launch_and_see_every_change(backen
 
 def test_prepared_triton_launch_repeats_on_new_rows():
     """After the first fast call, Triton's compiled launch is reused on new rows (the generic
-    launcher is never called again, so it is made to fail here); rows whose address breaks the
-    kernel's alignment specialisation, or a current device other than the prepared one, take
-    the generic path. In the interpreter there is no compiled launcher: the generic path runs."""
+    launcher is never called again, so it is made to fail here), also on another stream; rows
+    whose address breaks the kernel's alignment specialisation, and calls while a Triton launch
+    hook is installed (profilers), take the generic path. In the interpreter there is no
+    compiled launcher: the generic path runs."""
     d, T = 320, 5
     table = make_table(d)
     config = torch.tensor([1, 0, 3, 6, 2], device=DEVICE, dtype=torch.int32)
+
     def check(h):
         want = _ref(h, config, table).to(h.dtype)
         v0 = h._version
@@ -207,6 +209,16 @@ def test_prepared_triton_launch_repeats_on_new_rows():
             ops.steer_(odd, config, table, backend="triton", validate=False)
         run.launch = generic
         check(odd)
+        from triton import knobs
+
+        seen = []
+        hook = seen.append  # Triton calls it with the launch's metadata
+        knobs.runtime.launch_enter_hook.add(hook)
+        try:
+            check(randn(T, d))
+        finally:
+            knobs.runtime.launch_enter_hook.remove(hook)
+        assert len(seen) == 1
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
