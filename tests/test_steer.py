@@ -164,6 +164,24 @@ def test_repeated_unvalidated_calls_reuse_the_launch_and_see_every_change(backen
         check(randn(3, 2, 64)[:, :, :].contiguous(), config)
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_repeated_calls_see_table_writes_when_the_kernels_take_a_converted_copy(backend):
+    """A table whose vectors are converted for the kernels (float16 vectors for float32 rows:
+    the kernels take float32 or the rows' dtype) gives the kernels a copy; the repeated-call
+    path must not keep reading a stale copy after the table is written."""
+    d = 64
+    table = make_table(d, dtype=torch.float16)
+    config = torch.tensor([2, 2, 0, 2], device=DEVICE, dtype=torch.int32)
+    with torch.no_grad():
+        for strength in (0.8, -3.0):
+            table.set(2, vector=randn(d), strength=strength)
+            for _ in range(2):
+                h = randn(4, d)
+                want = _ref(h, config, table)
+                ops.steer_(h, config, table, backend=backend, validate=False)
+                torch.testing.assert_close(h, want, rtol=1e-4, atol=1e-4)
+
+
 def test_prepared_triton_launch_repeats_on_new_rows():
     """After the first fast call, Triton's compiled launch is reused on new rows (the generic
     launcher is never called again, so it is made to fail here), also on another stream; rows

@@ -211,19 +211,24 @@ class FastLaunch:
 
 def inplace_launch(name: str, h: torch.Tensor, params: Sequence, backend: Optional[str]) -> Optional[FastLaunch]:
     """The ``FastLaunch`` of op ``name`` with these parameters for rows shaped like h; None where
-    the fast path does not apply (compiling, autograd, a tensor subclass, the torch backend)."""
+    the fast path does not apply (compiling, autograd, a tensor subclass, the torch backend, or
+    parameters the kernels take as converted copies: later writes to the originals would not
+    reach a kept copy). ``params`` and the op's prepared arguments are in the same order."""
     if torch.compiler.is_compiling() or torch.is_grad_enabled() or type(h) is not torch.Tensor:
         return None
     b = resolve(name, h, backend)
     x2 = _rows(h)
     if b == "torch" or x2 is None:
         return None
+    args = tuple(OPS[name].prepare(x2, *params))
+    if any(isinstance(a, torch.Tensor) and a.data_ptr() != p.data_ptr() for a, p in zip(args, params)):
+        return None  # a parameter was converted or copied for the kernels: a copy kept would go stale
     prepare = None
     if b == "triton":
         import steerkit.kernels as K
 
         prepare = getattr(K, f"prepare_{name}", None)
-    return FastLaunch(_launcher(b, name), tuple(OPS[name].prepare(x2, *params)), prepare)
+    return FastLaunch(_launcher(b, name), args, prepare)
 
 
 def vector_for_kernels(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
