@@ -53,9 +53,9 @@ def _uses(record: dict) -> tuple:
 
 # Eager in-place calls with validate=False (the model integration's hooks): the prepared
 # launches per table (ops._registry.FastLaunch; in ``table._launches`` for a SteeringTable, else
-# here), one per config tensor (the last few: a model's
-# prefill and decode steps each have theirs), reused while the table's tensors, the config
-# tensor, h's dtype/device/leading shape and the backend request are the same objects/values.
+# here), one per config tensor (the last few: a model's prefill and decode steps each have
+# theirs), reused while the table's tensors, the config tensor, h's dtype/device/leading shape
+# and the backend request are the same objects/values.
 # It skips the checks, the preparation and, on Triton, the generic launch path: most of the host
 # time of a call. Entries hold their config tensor, so its id() is not reused while they live.
 _FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
