@@ -285,9 +285,9 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                         samples[(name, assign)].append(measure())
                         host[(name, assign)].append(host_us[-1] / (steps if phase == "decode" else 1))
                 switch("none", "-", B)  # every hook back in place
-                base = statistics.median(samples[("none", "-")])
-                host_base = statistics.median(host[("none", "-")])
                 base_xs = samples[("none", "-")]
+                base = statistics.median(base_xs)
+                host_base = statistics.median(host[("none", "-")])
                 for (name, assign), xs in samples.items():
                     med = statistics.median(xs)
                     # paired: each round's sample against the same round's unsteered sample, so

@@ -192,19 +192,14 @@ class FastLaunch:
 
     def __call__(self, h: torch.Tensor) -> bool:
         p = self.prepared
-        if p and h.is_contiguous() and p(h):
-            if _INCREMENT is not None:
-                _INCREMENT((h,))  # _bump_version, inlined: this is the per-layer hot path
-            else:  # pragma: no cover
-                _bump_version(h)
-            return True
-        x2 = _rows(h)
-        if x2 is None:
-            return False
-        if p is None and self.prepare is not None and h.is_contiguous():
-            self.prepared = self.prepare(x2, *self.args) or False  # runs the op too
-        else:
-            self.launch(x2, x2, *self.args)
+        if not (p and h.is_contiguous() and p(h)):
+            x2 = _rows(h)
+            if x2 is None:
+                return False
+            if p is None and self.prepare is not None and h.is_contiguous():
+                self.prepared = self.prepare(x2, *self.args) or False  # runs the op too
+            else:
+                self.launch(x2, x2, *self.args)
         _bump_version(h)
         return True
 
