@@ -3,8 +3,11 @@ eager ``torch.topk(x @ W_enc + b_enc, k)``; bf16, k = 64. Floor: 2*T*d*F FLOPs a
 bf16 matmul rate. Also reports peak memory beyond inputs and outputs, as % of the bf16 [T, F]
 matrix (target < 5% at T >= 4096), and the time relative to the bare product (target <= 1.15x).
 
-With --sweep, the fused-matmul tiles in kernels/sae_encode_topk.py SWEEP are timed too at
-T = 4096 (variant "cfg=BT,BF,BK,GROUP,warps,stages"), to pick the default.
+Variant "triton" is the default path ("gemm" from T = 1024: cuBLAS chunks and a selection
+kernel); "candidates" the fused candidate path. With --sweep, the fused-matmul tiles in
+kernels/sae_encode_topk.py SWEEP are timed too at T = 4096 (variant
+"cfg=BT,BF,BK,GROUP,warps,stages"), and the GEMM path's chunk shapes ("gemm=TcxFc") and
+selection tiles ("select=BT,BF,BF0,CP,warps"), to pick the defaults.
 
 Usage: python benchmarks/bench_sae_encode_topk.py [--T 1,64,4096,16384] [--d 2304,4096] [--F ...] [--sweep]
 """
@@ -48,12 +51,28 @@ def main(argv=None):
                                                                         validate=False)
                 if T >= 64:  # the fused kernel's bare matmul: what the selection adds beyond it
                     calls["triton-matmul"] = lambda: KM.matmul_only(x, W, b)
+                vs = torch.empty(T, k, device="cuda", dtype=dt)
+                ix = torch.empty(T, k, device="cuda", dtype=torch.int64)
+                if T >= KM.GEMM_MIN_T:  # the fused candidate path (the default before the GEMM path)
+                    calls["candidates"] = lambda: KM.sae_encode_topk(x, W, b, None, k, vs, ix, path="candidates") or (vs, ix)
                 if a.sweep and T == 4096:
-                    vs = torch.empty(T, k, device="cuda", dtype=dt)
-                    ix = torch.empty(T, k, device="cuda", dtype=torch.int64)
                     for c in KM.SWEEP:
                         calls["cfg=" + ",".join(map(str, c))] = (
                             lambda c=c: KM.sae_encode_topk(x, W, b, None, k, vs, ix, tiles=c) or (vs, ix))
+                if a.sweep and T >= KM.GEMM_MIN_T:  # GEMM path: chunk shapes within the memory cap, selection tiles
+                    budget = 0.05 * 2 * T * F
+                    for tc, fc in [(1024, 4096), (2048, 2048), (4096, 1024), (4096, 4096)]:
+                        if tc <= T and fc <= F and tc * fc * 4 + tc * (64 + 256) * 8 <= budget:
+                            calls[f"gemm={tc}x{fc}"] = (
+                                lambda c=(tc, fc): KM.sae_encode_topk(x, W, b, None, k, vs, ix, chunks=c) or (vs, ix))
+                    for sel in [(1, 4096, 4096, 256, 8), (2, 2048, 2048, 256, 8), (1, 4096, 1024, 256, 8), (4, 1024, 1024, 256, 8)]:
+                        def call(sel=sel):
+                            keep, KM.GEMM_SELECT = KM.GEMM_SELECT, sel
+                            try:
+                                return KM.sae_encode_topk(x, W, b, None, k, vs, ix, path="gemm") or (vs, ix)
+                            finally:
+                                KM.GEMM_SELECT = keep
+                        calls["select=" + ",".join(map(str, sel))] = call
                 fb0 = KM.STATS["fallback_rows"]
                 v, i = calls["triton"]()
                 fallback = KM.STATS["fallback_rows"] - fb0
@@ -70,7 +89,7 @@ def main(argv=None):
                 dense = 2 * T * F
                 for name, (us, _) in t.items():
                     extra = peak_extra_bytes(calls[name])
-                    if name.startswith("cfg="):  # same selection as the default tiles
+                    if name.startswith(("cfg=", "gemm=", "select=", "candidates")):  # same selection as the default
                         sv = calls[name]()[0].float()
                         if float((sv - v.float()).abs().max() / rv.abs().max().clamp_min(1)) > 3e-2:
                             print(f"# MISMATCH {name}", flush=True)

@@ -79,29 +79,16 @@ class Prepared:
     device) or a launch hook is installed (profilers), so the caller takes the generic path."""
 
     def __init__(self, kernel, grid, args, x_index, device):
-        from triton import knobs
-        from triton.runtime import driver
-
-        self.knobs = knobs.runtime
-        self.enter, self.exit = self.knobs.launch_enter_hook, self.knobs.launch_exit_hook
-        if not (hasattr(self.enter, "calls") and hasattr(self.exit, "calls")):
-            raise TypeError("launch hooks are not hook chains")  # a Triton this was not written for
+        r = Repeat(kernel, device)
+        self.knobs, self.enter, self.exit = r.knobs, r.enter, r.exit
         head = tuple(a.data_ptr() if hasattr(a, "data_ptr") else a for a in args[:x_index])
         tail = tuple(a.data_ptr() if hasattr(a, "data_ptr") else a for a in args[x_index + 2:])
         grid = tuple(grid) + (1,) * (3 - len(grid))
-        run = kernel.run
-        if _direct(run):  # the C launch function itself, past the launcher's Python wrapper
-            self.launch = run.launch
-            head = grid + (None, kernel.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
-                           kernel.packed_metadata, None, None, None) + head
-        else:
-            self.launch = run
-            head = grid + (None, kernel.function, kernel.packed_metadata, None, None, None) + head
-        self.head, self.tail = head, tail  # head[3]: the stream, filled in per call
+        self.launch = r.launch
+        self.head, self.tail = grid + (None,) + r.mid + head, tail  # head[3]: the stream, filled in per call
         self.aligned = args[x_index].data_ptr() % 16 == 0  # Triton specialises pointers on this
         self.device = device
-        self.stream = driver.active.get_current_stream
-        self.get_device = getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device)
+        self.stream, self.get_device = r.stream, r.get_device
 
     @classmethod
     def make(cls, kernel, grid, args, x_index: int = 0) -> Optional["Prepared"]:
@@ -126,6 +113,56 @@ class Prepared:
             return False
         h = self.head
         self.launch(h[0], h[1], h[2], self.stream(self.device), *h[4:], p, p, *self.tail)
+        return True
+
+
+class Repeat:
+    """The compiled launch of a Triton kernel, repeated with other values of the arguments it
+    was not specialised on (``do_not_specialize`` / ``do_not_specialize_on_alignment``, or the
+    very same values): a loop launching one kernel many times skips Triton's generic launch path
+    (argument binding, specialisation, cache lookup: tens of µs of host time per launch).
+    ``make`` returns None where there is no compiled launcher (the interpreter, another Triton's
+    internals); a call returns False, launching nothing, while a launch hook is installed or
+    another device is current, so the caller takes the generic path."""
+
+    def __init__(self, kernel, device):
+        from triton import knobs
+        from triton.runtime import driver
+
+        self.knobs = knobs.runtime
+        self.enter, self.exit = self.knobs.launch_enter_hook, self.knobs.launch_exit_hook
+        if not (hasattr(self.enter, "calls") and hasattr(self.exit, "calls")):
+            raise TypeError("launch hooks are not hook chains")  # a Triton this was not written for
+        run = kernel.run
+        if _direct(run):  # the C launch function itself, past the launcher's Python wrapper
+            self.launch = run.launch
+            self.mid = (kernel.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
+                        kernel.packed_metadata, None, None, None)
+        else:
+            self.launch = run
+            self.mid = (kernel.function, kernel.packed_metadata, None, None, None)
+        self.device = device
+        self.stream = driver.active.get_current_stream
+        self.get_device = getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device)
+
+    @classmethod
+    def make(cls, kernel, device) -> Optional["Repeat"]:
+        if interpreting() or not all(hasattr(kernel, a) for a in ("run", "function", "packed_metadata")):
+            return None
+        try:
+            return cls(kernel, device.index if isinstance(device, torch.device) else device)
+        except Exception:  # another Triton's internals: the generic path still works
+            return None
+
+    def __call__(self, grid, args) -> bool:
+        """Launch on ``grid`` with ``args``: every kernel argument in parameter order, constexprs
+        included (as the generic launch takes them)."""
+        k = self.knobs
+        if (k.launch_enter_hook is not self.enter or self.enter.calls or k.launch_exit_hook is not self.exit
+                or self.exit.calls or self.get_device() != self.device):
+            return False
+        g = tuple(grid) + (1,) * (3 - len(grid))
+        self.launch(g[0], g[1], g[2], self.stream(self.device), *self.mid, *args)
         return True
 
 

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import interpreting
+from ._launch import Repeat, interpreting
 
 MIN_KEY = tl.constexpr(-(2 ** 63))  # below every real key (their low word is >= 1)
 
@@ -560,7 +560,230 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
             counts[rows], overflow[rows] = c, o
 
 
-DEFAULT_PATH = "candidates"  # for T > SMALL_T: see the module docstring for the measurements
+# ---------------------------------------------------------------------------------------------
+# GEMM path (the default for T >= GEMM_MIN_T): the matrix product by cuBLAS, in chunks of
+# [Tc rows, Fc features] written in float32 (bf16/fp16 products accumulated in fp32, as the
+# fused kernels do; fp32 inputs: fp32 products), each chunk then reduced by _gemm_select_kernel
+# into per-row running top-KW lists (sorted keys, as in the running-list kernels):
+# - the first chunk of features: the sort network's top KW of each tile, merged;
+# - the others: each key above its row's theta (the KW-th largest key so far) takes a slot of
+#   the row's pending list by an atomic (_append), then one merge raises theta. About
+#   KW * Fc / (features seen) keys per row beat it, so this is mostly one compare per entry.
+#   A row with more than CP such keys in a chunk (rising biases, say) rescans the chunk with
+#   merges whenever its pending list fills (_scan).
+# Exact for every row: no key that could be in the top KW is dropped; no fallback, no host
+# sync (graph safe). Extra memory: the chunk (Tc * Fc * 4 bytes), per row of a chunk the lists
+# ((KW + CP) * 8 + 4) and x - b_dec (d * 2, when b_dec is given): under 5% of the bf16 [T, F]
+# matrix. Floor: the bare product. On the H100 the chunks' products take about the time of one
+# whole product; the selection adds 50-70% at d = 4096, F = 65536 (docs/sae_ops.md).
+# ---------------------------------------------------------------------------------------------
+
+GEMM_MIN_T = 1024  # below it the candidate path (chunks of the product would be host-bound)
+GEMM_SELECT = (4, 512, 256, 256, 4)  # the selection's rows per program, tile widths (first chunk: BF0), pending slots, warps
+
+
+@triton.jit
+def _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, BF: tl.constexpr):
+    """Columns c0..c0+BF of a chunk: (pre-activations [BT, BF] with b_enc, feature indices
+    [1, BF], in-bounds mask)."""
+    cols = c0 + tl.arange(0, BF)
+    col_ok = cols < NF
+    ok = row_ok[:, None] & col_ok[None, :]
+    pre = tl.load(p_ptr + r64[:, None] * stride_pt + cols[None, :], mask=ok, other=0.0)
+    pre += tl.load(b_enc_ptr + F0 + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    return pre, F0 + cols[None, :], ok
+
+
+@triton.jit
+def _flush(run, pend_ptr, r64, row_ok, n, CP: tl.constexpr, SORT_NET: tl.constexpr):
+    """Merge each row's n pending keys (in pend[row, :n]) into its sorted running list."""
+    KW: tl.constexpr = run.shape[1]
+    kc = tl.arange(0, KW)
+    tl.debug_barrier()  # the pending stores of every thread are visible
+    for c0 in range(0, tl.max(n, axis=0), KW):
+        cs = c0 + kc
+        m = row_ok[:, None] & (cs[None, :] < n[:, None])
+        part = tl.load(pend_ptr + r64[:, None] * CP + cs[None, :], mask=m, other=MIN_KEY)
+        if SORT_NET:
+            run = _merge_sorted(run, tl.sort(part, dim=1, descending=True))
+        else:
+            run = _rank_merge(run, part)
+    tl.debug_barrier()  # every thread has read them before new ones overwrite the slots
+    return run
+
+
+@triton.jit
+def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, NF, F0, stride_pt,
+          CP: tl.constexpr, SORT_NET: tl.constexpr, BF: tl.constexpr):
+    """One chunk's pre-activations (P[rows, :NF] + b_enc[F0:]) merged into the running lists."""
+    BT: tl.constexpr = run.shape[0]
+    theta = tl.min(run, axis=1)  # the KW-th largest key so far
+    tv, _ = _unpack(theta)
+    open_ = theta == MIN_KEY  # fewer than KW keys yet: everything beats it
+    n = tl.zeros([BT], tl.int32)  # pending keys per row
+    for c0 in range(0, NF, BF):
+        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, BF)
+        maybe = ok & ((pre >= tv[:, None]) | open_[:, None])  # by value: a superset of the keys that beat
+        if tl.max(tl.max(maybe.to(tl.int32), axis=1), axis=0) > 0:  # most tiles after the first chunk: none
+            key = tl.where(maybe, _pack(pre, f), MIN_KEY)
+            beat = key > theta[:, None]
+            nb = tl.sum(beat.to(tl.int32), axis=1)
+            if tl.max(n + nb, axis=0) > CP:  # no room: merge the pending keys first (raises theta)
+                run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+                theta = tl.min(run, axis=1)
+                tv, _ = _unpack(theta)
+                open_ = theta == MIN_KEY
+                n = tl.zeros([BT], tl.int32)
+                beat = key > theta[:, None]
+                nb = tl.sum(beat.to(tl.int32), axis=1)
+            pos = n[:, None] + tl.cumsum(beat.to(tl.int32), axis=1) - 1
+            tl.store(pend_ptr + r64[:, None] * CP + pos, key, mask=beat)
+            n += nb
+    if tl.max(n, axis=0) > 0:
+        run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+    return run
+
+
+@triton.jit
+def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, NF, F0, stride_pt,
+            CP: tl.constexpr, BF: tl.constexpr):
+    """The fast scan of a chunk after the first: each key that beats its row's theta takes a
+    pending slot by an atomic on the row's count (no barrier, no scan in the loop). Returns the
+    counts (a count over CP: slots were missing, and the caller rescans with _scan)."""
+    BT: tl.constexpr = run.shape[0]
+    theta = tl.min(run, axis=1)
+    tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
+    tl.debug_barrier()
+    for c0 in range(0, NF, BF):
+        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, BF)
+        key = _pack(pre, f)
+        beat = ok & (key > theta[:, None])
+        slot = tl.atomic_add(cnt_ptr + rows[:, None] + 0 * f, 1, mask=beat, sem="relaxed")
+        tl.store(pend_ptr + r64[:, None] * CP + slot, key, mask=beat & (slot < CP))
+    tl.debug_barrier()
+    return tl.load(cnt_ptr + rows, mask=row_ok, other=0)
+
+
+# T, NF, F0 and the output pointers change from chunk to chunk: not specialised on, so one
+# compiled launch serves every chunk (_launch.Repeat)
+@triton.jit(do_not_specialize=["T", "NF", "F0", "val_ptr", "idx_ptr"],
+            do_not_specialize_on_alignment=["val_ptr", "idx_ptr"])
+def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, idx_ptr, T, NF, F0, k,
+                        stride_pt, stride_vt, stride_it,
+                        FIRST: tl.constexpr, LAST: tl.constexpr, SORT_NET: tl.constexpr,
+                        BT: tl.constexpr, BF: tl.constexpr, BF0: tl.constexpr, KW: tl.constexpr, CP: tl.constexpr):
+    """Rows of one chunk: pre = P[t, :NF] + b_enc[F0:F0+NF] merged into run[t] (see above).
+    The first chunk: a sort network's top KW per tile of BF0. The others: _append, then one
+    merge; a row short of pending slots (rare): _scan instead."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    row_ok = rows < T
+    r64 = rows.to(tl.int64)
+    kcols = tl.arange(0, KW)
+    if FIRST:  # every key beats the empty lists: the top KW of each tile of BF0, merged
+        run = tl.full([BT, KW], MIN_KEY, tl.int64)
+        for c0 in range(0, NF, BF0):
+            pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, BF0)
+            key = tl.where(ok, _pack(pre, f), MIN_KEY)
+            if SORT_NET:
+                run = _merge_sorted(run, tl.topk(key, KW, dim=1))
+            else:
+                run = _rank_merge(run, key)
+    else:
+        run = tl.load(run_ptr + r64[:, None] * KW + kcols[None, :], mask=row_ok[:, None], other=MIN_KEY)
+        n = _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, NF, F0, stride_pt, CP, BF)
+        if tl.max(n, axis=0) > CP:  # rare: rescan in tiles that fit the pending slots
+            run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, NF, F0, stride_pt, CP, SORT_NET, CP)
+        elif tl.max(n, axis=0) > 0:
+            run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+    if LAST:
+        _store_selection(run, row_ok.to(tl.int32), rows, row_ok, kcols, k, val_ptr, idx_ptr, val_ptr, val_ptr,
+                         stride_vt, stride_it, False)
+    else:
+        tl.store(run_ptr + r64[:, None] * KW + kcols[None, :], run, mask=row_ok[:, None])
+
+
+def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget=None):
+    """(Tc, Fc, (BT, BF, BF0, CP, num_warps)): chunks of the product and the selection's tiles.
+
+    The largest chunk within the budget, Tc a power of two from 128 rows, Fc one of 4096 ... 64
+    features (the wider on a tie): cuBLAS ran at 1.08-1.15x its whole-product time on chunks of
+    4M entries on the H100 (d = 4096, F = 65536 and 131072, T = 4096 and 16384), 1.2-2x on
+    chunks of 1-2M and up to 30x on small ones (host-bound: benchmarks/results/probe-gemm-h100.txt).
+    ``budget``: bytes (default 5% of the bf16 [T, F] matrix)."""
+    kw = max(16, triton.next_power_of_2(k))
+    if interpreting():
+        bt, bf, bf0, cp, warps = max(1, min(16, triton.next_power_of_2(T))), 64, 64, max(kw, 64), 4
+    else:
+        bt, bf, bf0, cp, warps = GEMM_SELECT
+        cp = max(cp, 2 * kw)
+    per_row = (kw + cp) * 8 + 4 + shift_bytes
+    budget = MEMORY_FRACTION * 2 * T * F if budget is None else budget
+    best = (1, 1, 128, 64)  # (area, Fc, Tc, Fc)
+    for fc in (4096, 2048, 1024, 512, 256, 128, 64):
+        fc = min(fc, F)
+        tc = 128
+        while tc < T and 2 * tc * (fc * 4 + per_row) <= budget:
+            tc *= 2
+        if tc * (fc * 4 + per_row) <= budget or best[0] == 1:
+            best = max(best, (min(tc, T) * fc, fc, tc, fc))
+    fc = best[3]
+    bf, bf0 = min(bf, triton.next_power_of_2(fc)), max(kw, min(bf0, triton.next_power_of_2(fc)))
+    return min(best[2], T), fc, (bt, bf, bf0, cp, warps)
+
+
+def _mm_f32(a, b, out):
+    """out (float32) = a @ b with products in a's dtype and fp32 accumulation."""
+    if a.dtype == torch.float32 or not a.is_cuda:
+        torch.mm(a.float(), b.float(), out=out)  # 16-bit products are exact in fp32
+    else:
+        torch.mm(a, b, out_dtype=torch.float32, out=out)
+
+
+def gemm_ok(x, W_enc) -> bool:
+    """The GEMM path computes what the fused kernels do: 16-bit inputs, or fp32 ones while
+    cuBLAS keeps fp32 products (no TF32)."""
+    if torch.float32 in (x.dtype, W_enc.dtype):
+        return not x.is_cuda or torch.get_float32_matmul_precision() == "highest"
+    return True
+
+
+def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=None):
+    """TopK selection by the GEMM path (see above); ``chunks``: (Tc, Fc) (tests)."""
+    T, d = x.shape
+    F = W_enc.shape[1]
+    if T == 0:
+        return
+    kw = max(16, triton.next_power_of_2(k))
+    tc, fc, (bt, bf, bf0, cp, warps) = gemm_config(T, d, F, k, _shifted_bytes(x, W_enc, b_dec), x.device, budget)
+    if chunks is not None:
+        tc, fc = chunks
+    dev = x.device
+    P = torch.empty((tc * fc,), device=dev, dtype=torch.float32)
+    run = torch.empty((tc, kw), device=dev, dtype=torch.int64)
+    pend = torch.empty((tc, cp), device=dev, dtype=torch.int64)
+    cnt = torch.empty((tc,), device=dev, dtype=torch.int32)
+    sort_net = not interpreting()
+    repeats = {}  # (FIRST, LAST, P's row stride) -> the compiled launch repeated (None: generic only)
+    for t0 in range(0, T, tc):
+        t1 = min(T, t0 + tc)
+        xs = _shifted(x[t0:t1], W_enc, b_dec)
+        v, i = values[t0:t1], indices[t0:t1]
+        grid = (triton.cdiv(t1 - t0, bt),)
+        for f0 in range(0, F, fc):
+            f1 = min(F, f0 + fc)
+            p = P[:(t1 - t0) * (f1 - f0)].view(t1 - t0, f1 - f0)
+            _mm_f32(xs, W_enc[:, f0:f1], p)
+            key = (f0 == 0, f1 == F, f1 - f0)
+            args = (p, b_enc, run, pend, cnt, v, i, t1 - t0, f1 - f0, f0, k, f1 - f0, v.stride(0), i.stride(0),
+                    key[0], key[1], sort_net, bt, bf, bf0, kw, cp)
+            r = repeats.get(key)
+            if r is None or not r(grid, args):
+                compiled = _gemm_select_kernel[grid](*args, num_warps=warps)
+                repeats[key] = r or Repeat.make(compiled, dev)
+        del xs, p  # before the next chunk's x - b_dec is made: one at a time in memory
+
+
+DEFAULT_PATH = "candidates"  # for SMALL_T < T < GEMM_MIN_T: see the module docstring
 SMALL_T = 64  # at decode sizes the running lists: two launches, no host sync, exact under capture
 
 
@@ -568,20 +791,36 @@ def default_path(T: int) -> str:
     return "running" if T <= SMALL_T else DEFAULT_PATH
 
 
+def topk_path(x, W_enc) -> str:
+    """TopK encode's default path for these inputs: the running lists at decode sizes, the GEMM
+    path from GEMM_MIN_T rows (where it computes what the fused kernels do), else candidates."""
+    T = x.shape[0]
+    if T >= GEMM_MIN_T and gemm_ok(x, W_enc):
+        return "gemm"
+    return default_path(T)
+
+
 def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, capacity=None, chunk=None,
-                    tiles=None, path=None):
+                    tiles=None, path=None, chunks=None):
     """x [T, d] (unit column stride); W_enc [d, F] (any strides); b_enc [F], b_dec [d] or None
     (contiguous); writes values [T, k] and indices [T, k] int64 (unit column stride).
     ``slices``: use the exact running-list kernels with that many F slices (tests);
     ``capacity`` / ``chunk``: candidate slots per row / rows per chunk (tests); ``tiles``:
     (BT, BF, BK, GROUP, num_warps, num_stages, ATOMIC_APPEND[, TMA]) of the fused matmul (benchmark
-    sweeps); any of these three selects the candidate path. ``path``: "running" or "candidates"
-    (default: ``default_path(T)``)."""
+    sweeps); any of these three selects the candidate path. ``chunks``: (rows, features) of the
+    GEMM path's chunks (tests), which it selects. ``path``: "running", "candidates" or "gemm"
+    (default: ``topk_path``)."""
     if path is None:
-        path = "candidates" if (capacity, chunk, tiles) != (None, None, None) else default_path(x.shape[0])
+        if (capacity, chunk, tiles) != (None, None, None):
+            path = "candidates"
+        elif chunks is not None:
+            path = "gemm"
+        else:
+            path = topk_path(x, W_enc)
     if slices is not None or path == "running":
         encode_select(x, W_enc, b_enc, b_dec, None, k, values, indices, slices=slices)
+    elif path == "gemm":
+        encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, chunks=chunks)
     else:
         encode_candidates(x, W_enc, b_enc, b_dec, None, k, values, indices, capacity=capacity, chunk=chunk,
                           tiles=tiles)
-

@@ -200,3 +200,89 @@ def test_candidates_ties_at_theta_exact(capacity):
     assert bool((ri < n_s).all())
     if capacity == F:
         assert M.STATS["fallback_rows"] == before
+
+
+@pytest.mark.parametrize("T,F,k,chunks", [(23, 600, 20, (8, 128)), (19, 700, 33, (19, 700)), (40, 1000, 64, (16, 256)),
+                                          (9, 300, 16, (128, 64))])
+def test_gemm_chunks_exact(T, F, k, chunks):
+    """GEMM path: the product in chunks of rows and features (sizes that do not divide T or F),
+    each merged into running lists through pending lists that fill up and flush; integer
+    pre-activations with many ties: the exact order of the reference (lower index first)."""
+    import steerkit.kernels as K
+
+    W_enc, b_enc = integer_sae(12, F, dup_every=2)
+    x = torch.randint(-2, 3, (T, 12), device=DEVICE).float()
+    v = torch.empty(T, k, device=DEVICE)
+    i = torch.empty(T, k, device=DEVICE, dtype=torch.int64)
+    K.sae_encode_topk(x, W_enc, b_enc, None, k, v, i, chunks=chunks)
+    rv, ri = R.sae_encode_topk(x, W_enc, b_enc, k)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+
+
+@pytest.mark.parametrize("dtype", SAE_DTYPES)
+def test_gemm_random_with_b_dec(dtype):
+    """GEMM path on random weights, x - b_dec, x in another dtype than W_enc, top k spread over
+    every chunk of features."""
+    import steerkit.kernels as K
+
+    T, d, F, k = 45, 32, 1100, 24
+    W_enc, b_enc, _, b_dec, _ = make_sae(d, F, dtype)
+    x = randn(T, d, dtype=torch.float32)
+    v = torch.empty(T, k, device=DEVICE, dtype=dtype)
+    i = torch.empty(T, k, device=DEVICE, dtype=torch.int64)
+    K.sae_encode_topk(x, W_enc, b_enc, b_dec, k, v, i, chunks=(32, 256))
+    xs = (x - b_dec.float()).to(dtype)  # x - b_dec rounds once to W_enc's dtype
+    check_selection(v, i, R.pre_activation(xs, W_enc, b_enc), k, dtype)
+    assert bool((i >= 256).any()) and bool((i < 256).any())
+
+
+def test_gemm_is_the_default_from_gemm_min_t():
+    M = _kernel_module()
+    x = torch.zeros(M.GEMM_MIN_T, 8, device=DEVICE)
+    W = torch.zeros(8, 16, device=DEVICE)
+    assert M.topk_path(x, W) == "gemm"
+    assert M.topk_path(x[: M.GEMM_MIN_T - 1], W) == M.default_path(M.GEMM_MIN_T - 1) == "candidates"
+    assert M.topk_path(x[:M.SMALL_T], W) == "running"
+    (tc, fc), budget = M.gemm_config(4096, 4096, 65536, 64, 0, torch.device("cpu"))[:2], 0.05 * 2 * 4096 * 65536
+    assert tc * fc * 4 < budget and tc >= 512
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+def test_gemm_later_chunks_outrank_earlier(ascending):
+    """Encoder biases rising with the feature index: every entry of each later chunk beats the
+    running lists, more than the pending slots hold (the chunk is rescanned with merges);
+    falling: almost nothing after the first chunk beats them (the fast scan's common case)."""
+    import steerkit.kernels as K
+
+    T, F, k = 13, 640, 20
+    W_enc, b_enc = integer_sae(12, F, dup_every=2)
+    b_enc = b_enc + (1 if ascending else -1) * 100.0 * torch.arange(F, device=DEVICE).float()
+    x = torch.randint(-2, 3, (T, 12), device=DEVICE).float()
+    v = torch.empty(T, k, device=DEVICE)
+    i = torch.empty(T, k, device=DEVICE, dtype=torch.int64)
+    K.sae_encode_topk(x, W_enc, b_enc, None, k, v, i, chunks=(8, 128))
+    rv, ri = R.sae_encode_topk(x, W_enc, b_enc, k)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+
+
+@gpu_only
+def test_gemm_repeats_its_compiled_launch():
+    """The selection kernel goes through Triton's generic launch once per variant (first, middle
+    and last chunk of features); the other chunks repeat the compiled launch (_launch.Repeat)
+    with new offsets and output rows, and the result is still the exact selection."""
+    import steerkit.kernels as K
+
+    M = _kernel_module()
+    T, d, F, k = 2048, 64, 8192, 16
+    W_enc, b_enc, *_ = make_sae(d, F, torch.bfloat16)
+    x = randn(T, d, dtype=torch.bfloat16)
+    v = torch.empty(T, k, device=DEVICE, dtype=torch.bfloat16)
+    i = torch.empty(T, k, device=DEVICE, dtype=torch.int64)
+    generic, run = [], M._gemm_select_kernel.run
+    M._gemm_select_kernel.run = lambda *a, **kw: generic.append(1) or run(*a, **kw)
+    try:
+        K.sae_encode_topk(x, W_enc, b_enc, None, k, v, i, chunks=(512, 1024))  # 4 x 8 chunks
+    finally:
+        del M._gemm_select_kernel.run
+    assert len(generic) == 3
+    check_selection(v, i, R.pre_activation(x, W_enc, b_enc), k, torch.bfloat16)
