@@ -1,6 +1,9 @@
-"""Probe (run on a GPU: python benchmarks/probe_mix.py): why compiled steerkit-mix is ~1% slower than a plain hook-mix at B=256 decode.
-An 8-layer 1B-shaped Llama, reduce-overhead compile, variants timed interleaved; kernel counts."""
+"""Probe (run on a GPU: python benchmarks/probe_mix.py [shape] [batch] [blocks]; default
+llama-3.2-1b 256 8): compiled steerkit-mix against a plain hook-mix in decode, with a distinct
+configuration per sequence. A Llama of that shape cut to a few blocks, reduce-overhead compile;
+each variant compiled in turn, then 15 samples of 16 decode steps; kernel counts."""
 import statistics
+import sys
 import time
 
 import torch
@@ -37,11 +40,13 @@ def steer_uses_x(x, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, v
     touched = ((config > 0) & (config < n)).unsqueeze(-1)
     return torch.where(touched, y.to(x.dtype), x)
 
-mb.SHAPES["probe"] = dict(mb.SHAPES["llama-3.2-1b"], num_hidden_layers=8)
+SHAPE = sys.argv[1] if len(sys.argv) > 1 else "llama-3.2-1b"
+mb.SHAPES["probe"] = dict(mb.SHAPES[SHAPE], num_hidden_layers=int(sys.argv[3]) if len(sys.argv) > 3 else 8)
 dev = "cuda"
 model = mb.build_model("probe", dev)
-B, S, steps = 256, 128, 16
-params = mb._Params(B, 2048, dev)
+B, S, steps = int(sys.argv[2]) if len(sys.argv) > 2 else 256, 128, 16
+params = mb._Params(B, mb.SHAPES[SHAPE]["hidden_size"], dev)
+print(f"# {SHAPE} cut to {mb.SHAPES['probe']['num_hidden_layers']} blocks, batch {B}", flush=True)
 sk = mb._SteerkitVariant(model, "mix", params, B)
 hk = mb._HookVariant(model, "mix", params)
 ids = torch.arange(1, B + 1, dtype=torch.int32, device=dev)
