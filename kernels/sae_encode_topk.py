@@ -3,8 +3,10 @@
     pre = (x - b_dec) @ W_enc + b_enc;  keep the k largest of each row (largest first, ties by
     lower index), then ReLU.
 
-Two paths, both exact:
-- ``path="candidates"``, the default for T > 64 (encode_candidates, described before it below):
+Three paths, all exact:
+- ``path="gemm"``, the default from GEMM_MIN_T = 1024 rows (encode_gemm, described before it
+  below): cuBLAS products in float32 chunks and a selection kernel over each chunk.
+- ``path="candidates"``, the default for 64 < T < 1024 (encode_candidates, described before it below):
   the top k of a sample of the features gives each row a threshold; one fused tiled matmul over
   the other features appends only the entries above it to a small per-row buffer; an exact top
   k of those candidates; an exact recomputation of the rare rows whose buffer overflowed (one
@@ -565,8 +567,9 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
 # [Tc rows, Fc features] written in float32 (bf16/fp16 products accumulated in fp32, as the
 # fused kernels do; fp32 inputs: fp32 products), each chunk then reduced by _gemm_select_kernel
 # into per-row running top-KW lists (sorted keys, as in the running-list kernels):
-# - the first chunk of features: the sort network's top KW of each tile, merged;
-# - the others: each key above its row's theta (the KW-th largest key so far) takes a slot of
+# - the first chunk of features: the sort network's top KW of its first BF0 columns starts the
+#   lists; then, as for the other chunks:
+# - each key above its row's theta (the KW-th largest key so far) takes a slot of
 #   the row's pending list by an atomic (_append), then one merge raises theta. About
 #   KW * Fc / (features seen) keys per row beat it, so this is mostly one compare per entry.
 #   A row with more than CP such keys in a chunk (rising biases, say) rescans the chunk with
@@ -575,11 +578,11 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
 # sync (graph safe). Extra memory: the chunk (Tc * Fc * 4 bytes), per row of a chunk the lists
 # ((KW + CP) * 8 + 4) and x - b_dec (d * 2, when b_dec is given): under 5% of the bf16 [T, F]
 # matrix. Floor: the bare product. On the H100 the chunks' products take about the time of one
-# whole product; the selection adds 50-70% at d = 4096, F = 65536 (docs/sae_ops.md).
+# whole product; the selection adds 40-70% at d = 4096, F = 65536 (docs/sae_ops.md).
 # ---------------------------------------------------------------------------------------------
 
 GEMM_MIN_T = 1024  # below it the candidate path (chunks of the product would be host-bound)
-GEMM_SELECT = (4, 512, 256, 256, 4)  # the selection's rows per program, tile widths (first chunk: BF0), pending slots, warps
+GEMM_SELECT = (2, 1024, 1024, 512, 4)  # the selection's rows per program, tile widths (first chunk: BF0), pending slots, warps
 
 
 @triton.jit
@@ -613,15 +616,15 @@ def _flush(run, pend_ptr, r64, row_ok, n, CP: tl.constexpr, SORT_NET: tl.constex
 
 
 @triton.jit
-def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, NF, F0, stride_pt,
+def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
           CP: tl.constexpr, SORT_NET: tl.constexpr, BF: tl.constexpr):
-    """One chunk's pre-activations (P[rows, :NF] + b_enc[F0:]) merged into the running lists."""
+    """A chunk's pre-activations (P[rows, C0:NF] + b_enc[F0 + C0:]) merged into the running lists."""
     BT: tl.constexpr = run.shape[0]
     theta = tl.min(run, axis=1)  # the KW-th largest key so far
     tv, _ = _unpack(theta)
     open_ = theta == MIN_KEY  # fewer than KW keys yet: everything beats it
     n = tl.zeros([BT], tl.int32)  # pending keys per row
-    for c0 in range(0, NF, BF):
+    for c0 in range(C0, NF, BF):
         pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, BF)
         maybe = ok & ((pre >= tv[:, None]) | open_[:, None])  # by value: a superset of the keys that beat
         if tl.max(tl.max(maybe.to(tl.int32), axis=1), axis=0) > 0:  # most tiles after the first chunk: none
@@ -645,7 +648,7 @@ def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, NF, F0, stride_pt,
 
 
 @triton.jit
-def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, NF, F0, stride_pt,
+def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
             CP: tl.constexpr, BF: tl.constexpr):
     """The fast scan of a chunk after the first: each key that beats its row's theta takes a
     pending slot by an atomic on the row's count (no barrier, no scan in the loop). Returns the
@@ -654,7 +657,7 @@ def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, NF, F0,
     theta = tl.min(run, axis=1)
     tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
     tl.debug_barrier()
-    for c0 in range(0, NF, BF):
+    for c0 in range(C0, NF, BF):
         pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, BF)
         key = _pack(pre, f)
         beat = ok & (key > theta[:, None])
@@ -662,6 +665,19 @@ def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, NF, F0,
         tl.store(pend_ptr + r64[:, None] * CP + slot, key, mask=beat & (slot < CP))
     tl.debug_barrier()
     return tl.load(cnt_ptr + rows, mask=row_ok, other=0)
+
+
+@triton.jit
+def _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
+                CP: tl.constexpr, SORT_NET: tl.constexpr, BF: tl.constexpr):
+    """Columns C0..NF of a chunk into non-empty running lists: _append, then one merge; a row
+    short of pending slots (rare): _scan instead."""
+    n = _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt, CP, BF)
+    if tl.max(n, axis=0) > CP:  # rescan in tiles that fit the pending slots
+        run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt, CP, SORT_NET, CP)
+    elif tl.max(n, axis=0) > 0:
+        run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+    return run
 
 
 # T, NF, F0 and the output pointers change from chunk to chunk: not specialised on, so one
@@ -673,28 +689,24 @@ def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, i
                         FIRST: tl.constexpr, LAST: tl.constexpr, SORT_NET: tl.constexpr,
                         BT: tl.constexpr, BF: tl.constexpr, BF0: tl.constexpr, KW: tl.constexpr, CP: tl.constexpr):
     """Rows of one chunk: pre = P[t, :NF] + b_enc[F0:F0+NF] merged into run[t] (see above).
-    The first chunk: a sort network's top KW per tile of BF0. The others: _append, then one
-    merge; a row short of pending slots (rare): _scan instead."""
+    The first chunk starts the lists with the top KW of its first BF0 columns."""
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     row_ok = rows < T
     r64 = rows.to(tl.int64)
     kcols = tl.arange(0, KW)
-    if FIRST:  # every key beats the empty lists: the top KW of each tile of BF0, merged
-        run = tl.full([BT, KW], MIN_KEY, tl.int64)
-        for c0 in range(0, NF, BF0):
-            pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, BF0)
-            key = tl.where(ok, _pack(pre, f), MIN_KEY)
-            if SORT_NET:
-                run = _merge_sorted(run, tl.topk(key, KW, dim=1))
-            else:
-                run = _rank_merge(run, key)
+    if FIRST:  # the empty lists: the sort network's top KW of the first BF0 columns sets theta
+        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, 0, NF, F0, stride_pt, BF0)
+        key = tl.where(ok, _pack(pre, f), MIN_KEY)
+        if SORT_NET:
+            run = tl.topk(key, KW, dim=1)
+        else:
+            run = _rank_merge(tl.full([BT, KW], MIN_KEY, tl.int64), key)
+        run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, BF0, NF, F0, stride_pt,
+                          CP, SORT_NET, BF)
     else:
         run = tl.load(run_ptr + r64[:, None] * KW + kcols[None, :], mask=row_ok[:, None], other=MIN_KEY)
-        n = _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, NF, F0, stride_pt, CP, BF)
-        if tl.max(n, axis=0) > CP:  # rare: rescan in tiles that fit the pending slots
-            run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, NF, F0, stride_pt, CP, SORT_NET, CP)
-        elif tl.max(n, axis=0) > 0:
-            run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+        run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, 0, NF, F0, stride_pt,
+                          CP, SORT_NET, BF)
     if LAST:
         _store_selection(run, row_ok.to(tl.int32), rows, row_ok, kcols, k, val_ptr, idx_ptr, val_ptr, val_ptr,
                          stride_vt, stride_it, False)
