@@ -752,9 +752,9 @@ def _mm_f32(a, b, out):
 
 
 def gemm_ok(x, W_enc) -> bool:
-    """The GEMM path computes what the fused kernels do: 16-bit inputs, or fp32 ones while
-    cuBLAS keeps fp32 products (no TF32)."""
-    if torch.float32 in (x.dtype, W_enc.dtype):
+    """The GEMM path computes what the fused kernels do: products in W_enc's dtype (x is
+    converted to it), so 16-bit ones, or fp32 ones while cuBLAS keeps them exact (no TF32)."""
+    if W_enc.dtype == torch.float32:
         return not x.is_cuda or torch.get_float32_matmul_precision() == "highest"
     return True
 
