@@ -730,17 +730,16 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
         cp = max(cp, 2 * kw)
     per_row = (kw + cp) * 8 + 4 + shift_bytes
     budget = MEMORY_FRACTION * 2 * T * F if budget is None else budget
-    best = (1, 1, 128, 64)  # (area, Fc, Tc, Fc)
-    for fc in (4096, 2048, 1024, 512, 256, 128, 64):
-        fc = min(fc, F)
-        tc = 128
-        while tc < T and 2 * tc * (fc * 4 + per_row) <= budget:
-            tc *= 2
-        if tc * (fc * 4 + per_row) <= budget or best[0] == 1:
-            best = max(best, (min(tc, T) * fc, fc, tc, fc))
-    fc = best[3]
+    tc, fc, area = 128, min(64, F), 0  # the smallest chunk where none fits the budget
+    for w in (4096, 2048, 1024, 512, 256, 128, 64):  # widest first: it keeps ties
+        w = min(w, F)
+        rows = 128
+        while rows < T and 2 * rows * (w * 4 + per_row) <= budget:
+            rows *= 2
+        if rows * (w * 4 + per_row) <= budget and min(rows, T) * w > area:
+            tc, fc, area = rows, w, min(rows, T) * w
     bf, bf0 = min(bf, triton.next_power_of_2(fc)), max(kw, min(bf0, triton.next_power_of_2(fc)))
-    return min(best[2], T), fc, (bt, bf, bf0, cp, warps)
+    return min(tc, T), fc, (bt, bf, bf0, cp, warps)
 
 
 def _mm_f32(a, b, out):
