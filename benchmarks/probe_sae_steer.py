@@ -1,0 +1,110 @@
+"""Probe sae_steer's launch configurations under CUDA-graph replay (H100 work for issue 5's
+targets; the benchmark proper is bench_sae_steer.py).
+
+Large T: group kernel configurations, one program per block and persistent launches
+(programs_per_SM, the 9th entry), with configurations drawn at random per row and with the rows of
+a request together (1024 per request, as in a packed prefill), as % of the floor (read + write of h, once the table's rows);
+a plain copy of h (``h2.copy_(h)``) gives the bandwidth reachable.
+Small T: the row kernel and the split kernel (P programs per row) per T and per assignment of configurations to rows ("bench": 0..4 at
+random as in bench_sae_steer.py, "same": all 1, "cycle": 1..4 in turn), µs per call.
+Every configuration's result is checked against the reference ("MISMATCH" lines).
+
+Usage: python benchmarks/probe_sae_steer.py [large|small|both]
+"""
+import importlib
+import sys
+
+import torch
+import triton
+
+from steerkit import ops
+from steerkit.bench.timing import GraphTimer, copy_bandwidth_gbps
+from steerkit.steering.sae_table import SaeSteeringTable
+
+KS = importlib.import_module("steerkit.kernels.sae_steer")
+
+M, N_CFG, F = 8, 4, 16384
+
+
+def table_for(d):
+    g = torch.Generator().manual_seed(d)
+    W_enc = (torch.randn(d, F, generator=g) / d ** 0.5).to("cuda", torch.bfloat16)
+    W_dec = (torch.randn(F, d, generator=g) / d ** 0.5).to("cuda", torch.bfloat16)
+    z = torch.zeros(F, device="cuda", dtype=torch.bfloat16)
+    tab = SaeSteeringTable(W_enc, z, W_dec, torch.zeros(d, device="cuda", dtype=torch.bfloat16),
+                           torch.full((F,), 0.1, device="cuda", dtype=torch.bfloat16), activation="jumprelu",
+                           capacity=N_CFG, max_features=M)
+    for c in range(1, N_CFG + 1):
+        tab.set(c, clamp={f: 0.0 for f in torch.randint(0, F, (M,), generator=g).tolist()})
+    return tab
+
+
+def check_and_time(h, cfg, tab, cfgs):
+    tens = [t.contiguous() for t in tab.tensors()]
+    want = ops.sae_steer(h, cfg, tab, backend="torch").float()
+    for c in cfgs:  # every check before any timing (the timed calls change h in place)
+        got = h.clone()
+        KS.sae_steer(got, got, cfg, *tens, cfg=c)
+        err = float((got.float() - want).abs().max() / want.abs().max())
+        if err > 3e-2 or not torch.equal(got[cfg == 0], h[cfg == 0]):
+            print(f"# MISMATCH cfg={c} T={h.shape[0]} d={h.shape[1]}: {err:.2e}", flush=True)
+    out = {c: GraphTimer(lambda c=c: KS.sae_steer(h, h, cfg, *tens, cfg=c)) for c in cfgs}
+    res = {c: [] for c in cfgs}
+    for _ in range(5):  # interleaved rounds, medians
+        for c, t in out.items():
+            res[c].append(t.us())
+    return {c: sorted(v)[len(v) // 2] for c, v in res.items()}
+
+
+G = (True, "group")
+LARGE = [None, (16, 8, 256, 4) + G + (4, 3), (16, 8, 128, 4) + G + (4, 4), (16, 8, 256, 4) + G + (4, 3, 2),
+         (16, 8, 128, 4) + G + (4, 4, 4), (32, 8, 128, 8) + G + (4, 4), (32, 8, 256, 4) + G + (4, 3),
+         (16, 8, 512, 4) + G + (4, 2), (16, 8, 256, 4) + G + (2, 3), (16, 8, 128, 4) + G + (2, 4),
+         (32, 8, 128, 4) + G + (2, 4), (32, 8, 256, 8) + G + (2, 3)]
+
+
+def large(copy_gbps):
+    for d in (4096, 2304):
+        tab = table_for(d)
+        for T, layout in [(4096, "random"), (16384, "random"), (4096, "requests"), (16384, "requests")]:
+            h = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
+            cfg = torch.randint(0, N_CFG + 1, (T,), device="cuda", dtype=torch.int32)
+            if layout == "requests":  # a packed prefill: each request's rows together (1024 per request)
+                cfg = (torch.arange(T, device="cuda", dtype=torch.int32) // 1024) % (N_CFG + 1)
+            h2 = torch.empty_like(h)
+            copy = GraphTimer(lambda: h2.copy_(h)).us()
+            nbytes = 2 * T * d * 2 + 2 * N_CFG * M * d * 2
+            floor = nbytes / 1e3 / copy_gbps
+            print(f"T={T} d={d} {layout}: floor {floor:.1f} us, copy_ of h {copy:.1f} us ({100 * floor / copy:.0f}%)", flush=True)
+            for c, us in sorted(check_and_time(h, cfg, tab, LARGE).items(), key=lambda kv: kv[1]):
+                print(f"  {str(c):48s} {us:8.2f} us  {100 * floor / us:5.1f}% of floor", flush=True)
+
+
+SPLITS = [(1, 8), (2, 8), (4, 4), (4, 8), (8, 2), (8, 4), (16, 1), (16, 2), (16, 4)]  # (P, num_warps)
+
+
+def small():
+    for d in (4096, 2304):
+        tab = table_for(d)
+        for T in (1, 2, 4, 8, 16):
+            for name in ("bench", "same", "cycle"):
+                g = torch.Generator().manual_seed(T)
+                cfg = {"bench": torch.randint(0, N_CFG + 1, (T,), generator=g), "same": torch.ones(T),
+                       "cycle": torch.arange(T) % N_CFG + 1}[name].to("cuda", torch.int32)
+                h = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
+                cfgs = [None] + [(1, 8, triton.next_power_of_2(triton.cdiv(d, p)), w, False, "split", p)
+                                 for p, w in SPLITS]
+                r = check_and_time(h, cfg, tab, cfgs)
+                print(f"T={T:2d} d={d} {name:5s} ({int((cfg > 0).sum())} steered): "
+                      + "  ".join(f"{'default' if c is None else f'P{c[6]}w{c[3]}'} {us:.2f}" for c, us in r.items()),
+                      flush=True)
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "both"
+    gbps = copy_bandwidth_gbps("cuda")
+    print(f"# probe_sae_steer on {torch.cuda.get_device_name()}: copy {gbps:.0f} GB/s", flush=True)
+    if what in ("small", "both"):
+        small()
+    if what in ("large", "both"):
+        large(gbps)
