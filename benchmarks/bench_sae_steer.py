@@ -1,7 +1,10 @@
 """Benchmark sae_steer_ (fused SAE clamping per row) against its PyTorch reference in h's dtype.
 
-Each of 4 configurations clamps 8 features of a JumpReLU-shaped SAE; rows draw configurations
-0..4 at random. Small T: CUDA-graph replay µs per site (target <= 3 µs for T <= 16). Larger T:
+Each of 4 configurations clamps 8 features of a JumpReLU-shaped SAE. Rows draw configurations
+0..4 at random (T > 64; variant "clamp8x4cfg") or 1..4 (T <= 64: every row steered, as a decode
+step of steered requests). From T = 4096 also the layout of a packed prefill, each request's rows
+together (1024-row requests with ids 0, 1, 2, ...; variant "clamp8x4cfg-requests1024").
+Small T: CUDA-graph replay µs per site (target <= 3 µs for T <= 16). Larger T:
 % of the floor = read + write of h plus, once, the encoder and decoder rows of the configurations
 (2 * 4 * 8 * d elements), at the measured copy bandwidth (target >= 70%). Also reported: the
 no-reuse floor that reads the 16 selected rows per token (``pct_floor_noreuse``).
@@ -42,11 +45,14 @@ def main(argv=None):
             for c in range(1, n_cfg + 1):
                 feats = torch.randint(0, F, (M,)).tolist()
                 table.set(c, clamp={f: 0.0 for f in feats})  # ablate: repeated calls keep h bounded
-            for T in a.T:
+            cases = [(T, "") for T in a.T] + [(T, "-requests1024") for T in a.T if T >= 4096]
+            for T, layout in cases:
                 if not run.time_left():
                     break
                 h = torch.randn(T, d, device="cuda", dtype=dt)
-                cfg = torch.randint(0, n_cfg + 1, (T,), device="cuda", dtype=torch.int32)
+                cfg = torch.randint(0 if T > 64 else 1, n_cfg + 1, (T,), device="cuda", dtype=torch.int32)
+                if layout:
+                    cfg = (torch.arange(T, device="cuda", dtype=torch.int32) // 1024) % (n_cfg + 1)
                 calls = {b: (lambda b=b: ops.sae_steer_(h, cfg, table, backend=b, validate=False))
                          for b in ("triton", "torch")}
                 want = ops.sae_steer(h, cfg, table, backend="torch").float()
@@ -59,7 +65,7 @@ def main(argv=None):
                     err = float((got.float() - want).abs().max() / want.abs().max())
                     same = bool(torch.equal(got[cfg == 0], h[cfg == 0]))
                     if err > 3e-2 or not same:
-                        print(f"# MISMATCH cfg={c} T={T} d={d}: max rel. error {err:.2e}, untouched rows "
+                        print(f"# MISMATCH cfg={c} T={T}{layout} d={d}: max rel. error {err:.2e}, untouched rows "
                               f"identical: {same}", flush=True)
                 if sweep:
                     tens = [t_.contiguous() for t_ in table.tensors()]
@@ -72,7 +78,7 @@ def main(argv=None):
                 noreuse = 2 * T * d * elt + T * 2 * M * d * elt
                 for name, (us, gus) in t.items():
                     best = min(us, gus) if gus else us
-                    run.add(op="sae_steer", variant=f"clamp{M}x{n_cfg}cfg" + (f":{name}" if "=" in name else ""),
+                    run.add(op="sae_steer", variant=f"clamp{M}x{n_cfg}cfg{layout}" + (f":{name}" if "=" in name else ""),
                             T=T, d=d, F=F, dtype=a.dtype, backend="triton" if "=" in name else name,
                             eager_us=round(us, 2), graph_us=None if gus is None else round(gus, 2),
                             floor_bytes=nbytes, gbps=round(nbytes / 1e3 / best, 1),

@@ -1,21 +1,24 @@
 """Probe sae_steer's launch configurations under CUDA-graph replay (H100 work for issue 5's
-targets; the benchmark proper is bench_sae_steer.py).
+targets; the benchmark proper is bench_sae_steer.py). Every configuration's result is checked
+against the reference first ("MISMATCH" lines).
 
-Large T: group kernel configurations, one program per block and persistent launches
-(programs_per_SM, the 9th entry), with configurations drawn at random per row and with the rows of
-a request together (1024 per request, as in a packed prefill), as % of the floor (read + write of h, once the table's rows);
-a plain copy of h (``h2.copy_(h)``) gives the bandwidth reachable.
-Small T: the row kernel and the split kernel (P programs per row) per T and per assignment of configurations to rows ("bench": 0..4 at
-random as in bench_sae_steer.py, "same": all 1, "cycle": 1..4 in turn), µs per call.
-Every configuration's result is checked against the reference ("MISMATCH" lines).
+- large: group kernel configurations at T = 4096 / 16384, with configurations drawn at random per
+  row and with each request's rows together (1024 per request, as in a packed prefill), as % of
+  the floor (read + write of h, once the table's rows); a plain copy of h (``h2.copy_(h)``) shows
+  the bandwidth reachable.
+- small: the row kernel at T = 1..16 per assignment of configurations to rows ("bench": 0..4 at
+  random, "same": all 1, "cycle": 1..4 in turn), µs per call.
+- latency: one steered row (T = 1, d = 4096) against simpler work in the same graph chain (a
+  torch in-place add, a minimal Triton row kernel, steer_'s kernel) and 1-16 clamps per row.
 
-Usage: python benchmarks/probe_sae_steer.py [large|small|both]
+Usage: python benchmarks/probe_sae_steer.py [large|small|both|latency]
 """
 import importlib
 import sys
 
 import torch
 import triton
+import triton.language as tl
 
 from steerkit import ops
 from steerkit.bench.timing import GraphTimer, copy_bandwidth_gbps
@@ -57,10 +60,9 @@ def check_and_time(h, cfg, tab, cfgs):
 
 
 G = (True, "group")
-LARGE = [None, (16, 8, 256, 4) + G + (4, 3), (16, 8, 128, 4) + G + (4, 4), (16, 8, 256, 4) + G + (4, 3, 2),
-         (16, 8, 128, 4) + G + (4, 4, 4), (32, 8, 128, 8) + G + (4, 4), (32, 8, 256, 4) + G + (4, 3),
-         (16, 8, 512, 4) + G + (4, 2), (16, 8, 256, 4) + G + (2, 3), (16, 8, 128, 4) + G + (2, 4),
-         (32, 8, 128, 4) + G + (2, 4), (32, 8, 256, 8) + G + (2, 3)]
+LARGE = [None, (16, 8, 256, 4) + G + (4, 3), (16, 8, 128, 4) + G + (4, 4), (32, 8, 128, 8) + G + (4, 4),
+         (32, 8, 256, 4) + G + (4, 3), (16, 8, 512, 4) + G + (4, 2), (16, 8, 256, 4) + G + (2, 3),
+         (16, 8, 128, 4) + G + (2, 4), (32, 8, 128, 4) + G + (2, 4), (32, 8, 256, 8) + G + (2, 3)]
 
 
 def large(copy_gbps):
@@ -80,9 +82,6 @@ def large(copy_gbps):
                 print(f"  {str(c):48s} {us:8.2f} us  {100 * floor / us:5.1f}% of floor", flush=True)
 
 
-SPLITS = [(1, 8), (2, 8), (4, 4), (4, 8), (8, 2), (8, 4), (16, 1), (16, 2), (16, 4)]  # (P, num_warps)
-
-
 def small():
     for d in (4096, 2304):
         tab = table_for(d)
@@ -92,18 +91,64 @@ def small():
                 cfg = {"bench": torch.randint(0, N_CFG + 1, (T,), generator=g), "same": torch.ones(T),
                        "cycle": torch.arange(T) % N_CFG + 1}[name].to("cuda", torch.int32)
                 h = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
-                cfgs = [None] + [(1, 8, triton.next_power_of_2(triton.cdiv(d, p)), w, False, "split", p)
-                                 for p, w in SPLITS]
+                cfgs = [None, (1, 8, None, 4, False, "row"), (1, 8, None, 16, False, "row")]
                 r = check_and_time(h, cfg, tab, cfgs)
                 print(f"T={T:2d} d={d} {name:5s} ({int((cfg > 0).sum())} steered): "
-                      + "  ".join(f"{'default' if c is None else f'P{c[6]}w{c[3]}'} {us:.2f}" for c, us in r.items()),
+                      + "  ".join(f"{'default' if c is None else f'{c[3]} warps'} {us:.2f}" for c, us in r.items()),
                       flush=True)
+
+
+@triton.jit
+def _touch_row(x_ptr, cfg_ptr, d, BD: tl.constexpr):
+    """The smallest in-place row op: read the row's id, and if it is > 0 read the row and write
+    it back plus one (two dependent round trips and a store, like the row kernel's)."""
+    row = tl.program_id(0)
+    c = tl.load(cfg_ptr + row)
+    if c > 0:
+        cols = tl.arange(0, BD)
+        at = x_ptr + row.to(tl.int64) * d + cols
+        tl.store(at, tl.load(at, mask=cols < d) + 1.0, mask=cols < d)
+
+
+def latency():
+    """Graph-replay µs of a steered row (T = 1, d = 4096) against simpler work in the same chain."""
+    from steerkit.steering.table import SteeringTable
+
+    d = 4096
+    h = torch.randn(1, d, device="cuda", dtype=torch.bfloat16)
+    one, zero = torch.ones(1, device="cuda", dtype=torch.int32), torch.zeros(1, device="cuda", dtype=torch.int32)
+    st = SteeringTable(d, 2, device="cuda")
+    st.set(1, vector=torch.randn(d), strength=0.5)
+    calls = {"h.add_(1) (torch)": lambda: h.add_(1.0),
+             "touch row, id 0": lambda: _touch_row[(1,)](h, zero, d, BD=4096, num_warps=8),
+             "touch row, id 1": lambda: _touch_row[(1,)](h, one, d, BD=4096, num_warps=8),
+             "steer_ (vector add)": lambda: ops.steer_(h, one, st, validate=False)}
+    for m in (1, 2, 4, 8, 16):
+        g = torch.Generator().manual_seed(m)
+        W_enc = (torch.randn(d, F, generator=g) / d ** 0.5).to("cuda", torch.bfloat16)
+        W_dec = (torch.randn(F, d, generator=g) / d ** 0.5).to("cuda", torch.bfloat16)
+        z = torch.zeros(F, device="cuda", dtype=torch.bfloat16)
+        tab = SaeSteeringTable(W_enc, z, W_dec, torch.zeros(d, device="cuda", dtype=torch.bfloat16),
+                               torch.full((F,), 0.1, device="cuda", dtype=torch.bfloat16), activation="jumprelu",
+                               capacity=1, max_features=m)
+        tab.set(1, clamp={f: 0.0 for f in range(m)})
+        tens = [t.contiguous() for t in tab.tensors()]
+        for w in (4, 8):
+            calls[f"sae_steer row kernel, {m} clamps, {w} warps"] = (
+                lambda tens=tens, w=w, m=m: KS.sae_steer(h, h, one, *tens, cfg=(1, triton.next_power_of_2(m), None,
+                                                                               w, False, "row")))
+    timers = {k: GraphTimer(f) for k, f in calls.items()}
+    res = {k: sorted(t.us() for _ in range(5))[2] for k, t in timers.items()}
+    for k, us in res.items():
+        print(f"  {k:44s} {us:6.2f} us", flush=True)
 
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "both"
     gbps = copy_bandwidth_gbps("cuda")
     print(f"# probe_sae_steer on {torch.cuda.get_device_name()}: copy {gbps:.0f} GB/s", flush=True)
+    if what == "latency":
+        latency()
     if what in ("small", "both"):
         small()
     if what in ("large", "both"):

@@ -44,8 +44,6 @@ re-read of each row served by HBM rather than L2, h would cross HBM three times:
 its L2 traffic for encoder / decoder tiles is 2*G*MP*d*2 bytes per block and group. Small T:
 latency (launch + four L2 round trips at d = 4096), target <= 3 µs under CUDA-graph replay.
 """
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -150,71 +148,69 @@ def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value
     loops (their loads pipeline over num_stages). Column j of the [BT, G*MP] tiles is slot j % MP
     of configuration g0 + j // MP; row t keeps only the columns of its own configuration."""
     GM: tl.constexpr = G * MP
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    row_ok = rows < T
+    cfg = tl.load(cfg_ptr + rows, mask=row_ok, other=0)
+    on = row_ok & (cfg > 0) & (cfg < N)  # rows this op changes
+    xrow = rows.to(tl.int64)[:, None] * stride_x
+    orow = rows.to(tl.int64)[:, None] * stride_o
+    scols = tl.arange(0, BD)
     j = tl.arange(0, GM)
     slot = j % MP
-    scols = tl.arange(0, BD)
     n_chunks = tl.cdiv(d, BD)
-    # one block per program, or (persistent launch: fewer programs than blocks) every nprog-th block
-    for blk in range(tl.program_id(0), tl.cdiv(T, BT), tl.num_programs(0)):
-        rows = blk * BT + tl.arange(0, BT)
-        row_ok = rows < T
-        cfg = tl.load(cfg_ptr + rows, mask=row_ok, other=0)
-        on = row_ok & (cfg > 0) & (cfg < N)  # rows this op changes
-        xrow = rows.to(tl.int64)[:, None] * stride_x
-        orow = rows.to(tl.int64)[:, None] * stride_o
-        # groups start at the smallest configuration not yet done: normally one iteration (rows of a
-        # request are contiguous in real prefill); a block spanning more than G ids takes several
-        g0 = tl.min(tl.where(on, cfg, N), axis=0)
-        while g0 < N:
-            gcfg = g0 + j // MP  # [GM] configuration of column j
-            # columns of configurations no row of the block uses: their tiles are not loaded
-            used = tl.max(((cfg[:, None] == gcfg[None, :]) & on[:, None]).to(tl.int32), axis=0) > 0
-            t_ok = used & (slot < M)
-            meta = gcfg * M + slot  # [GM] table entry of column j
-            tile = meta.to(tl.int64)[:, None] * d  # [GM, 1] row offsets in enc / dec
-            mine = on & (cfg >= g0) & (cfg < g0 + G)  # [BT] rows of this group
-            nf = tl.minimum(tl.load(n_feat_ptr + gcfg, mask=gcfg < N, other=0), M)  # [GM] n_feat of column j's config
-            own = mine[:, None] & (cfg[:, None] == gcfg[None, :]) & (slot < nf)[None, :]  # [BT, GM]
-            # pass 1: pre-activations [BT, GM], one dot per chunk
-            pre = tl.zeros([BT, GM], tl.float32)
+    # groups start at the smallest configuration not yet done: normally one iteration (rows of a
+    # request are contiguous in real prefill); a block spanning more than G ids takes several
+    g0 = tl.min(tl.where(on, cfg, N), axis=0)
+    while g0 < N:
+        gcfg = g0 + j // MP  # [GM] configuration of column j
+        # columns of configurations no row of the block uses: their tiles are not loaded
+        used = tl.max(((cfg[:, None] == gcfg[None, :]) & on[:, None]).to(tl.int32), axis=0) > 0
+        t_ok = used & (slot < M)
+        meta = gcfg * M + slot  # [GM] table entry of column j
+        tile = meta.to(tl.int64)[:, None] * d  # [GM, 1] row offsets in enc / dec
+        mine = on & (cfg >= g0) & (cfg < g0 + G)  # [BT] rows of this group
+        nf = tl.minimum(tl.load(n_feat_ptr + gcfg, mask=gcfg < N, other=0), M)  # [GM] n_feat of column j's config
+        own = mine[:, None] & (cfg[:, None] == gcfg[None, :]) & (slot < nf)[None, :]  # [BT, GM]
+        # pass 1: pre-activations [BT, GM], one dot per chunk
+        pre = tl.zeros([BT, GM], tl.float32)
+        for d0 in range(0, d, BD):
+            cols = d0 + scols
+            col_ok = cols < d
+            x = tl.load(x_ptr + xrow + cols[None, :], mask=mine[:, None] & col_ok[None, :], other=0.0)
+            e = tl.load(enc_ptr + tile + cols[None, :], mask=t_ok[:, None] & col_ok[None, :], other=0.0)
+            if F32:
+                pre = tl.dot(x.to(tl.float32), tl.trans(e.to(tl.float32)), acc=pre, input_precision="ieee")
+            else:
+                pre = tl.dot(x.to(e.dtype), tl.trans(e), acc=pre)
+        # the group's metadata as [GM] vectors, broadcast over rows; coef is 0 outside `own`
+        pre += tl.load(b_eff_ptr + meta, mask=t_ok, other=0.0).to(tl.float32)[None, :]
+        coef = _coefficients(pre, tl.load(kind_ptr + meta, mask=t_ok, other=0)[None, :],
+                             tl.load(thr_ptr + meta, mask=t_ok, other=0.0).to(tl.float32)[None, :],
+                             tl.load(value_ptr + meta, mask=t_ok, other=0.0).to(tl.float32)[None, :], own)
+        if not F32:  # fp32 coef as a high and a low 16-bit part: tensor cores keep ~16 bits of it
+            hi = coef.to(dec_ptr.dtype.element_ty)
+            lo = (coef - hi.to(tl.float32)).to(dec_ptr.dtype.element_ty)
+        # pass 2: y = x + coef @ dec, chunks in reverse order (the block's last rows read are the
+        # likeliest still in L2)
+        for i in range(0, n_chunks):
+            cols = (n_chunks - 1 - i) * BD + scols
+            col_ok = cols < d
+            ok = mine[:, None] & col_ok[None, :]
+            x_raw = tl.load(x_ptr + xrow + cols[None, :], mask=ok, other=0.0)
+            w = tl.load(dec_ptr + tile + cols[None, :], mask=t_ok[:, None] & col_ok[None, :], other=0.0)
+            if F32:
+                y = tl.dot(coef, w.to(tl.float32), acc=x_raw.to(tl.float32), input_precision="ieee")
+            else:
+                y = tl.dot(lo, w, acc=tl.dot(hi, w, acc=x_raw.to(tl.float32)))
+            tl.store(out_ptr + orow + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=ok)
+        g0 = tl.min(tl.where(on & (cfg >= g0 + G), cfg, N), axis=0)
+    if not IN_PLACE:  # untouched rows: bit-identical copy (only blocks that hold some)
+        keep = row_ok & (on == 0)
+        if tl.max(keep.to(tl.int32), axis=0) > 0:
             for d0 in range(0, d, BD):
                 cols = d0 + scols
-                col_ok = cols < d
-                x = tl.load(x_ptr + xrow + cols[None, :], mask=mine[:, None] & col_ok[None, :], other=0.0)
-                e = tl.load(enc_ptr + tile + cols[None, :], mask=t_ok[:, None] & col_ok[None, :], other=0.0)
-                if F32:
-                    pre = tl.dot(x.to(tl.float32), tl.trans(e.to(tl.float32)), acc=pre, input_precision="ieee")
-                else:
-                    pre = tl.dot(x.to(e.dtype), tl.trans(e), acc=pre)
-            # the group's metadata as [GM] vectors, broadcast over rows; coef is 0 outside `own`
-            pre += tl.load(b_eff_ptr + meta, mask=t_ok, other=0.0).to(tl.float32)[None, :]
-            coef = _coefficients(pre, tl.load(kind_ptr + meta, mask=t_ok, other=0)[None, :],
-                                 tl.load(thr_ptr + meta, mask=t_ok, other=0.0).to(tl.float32)[None, :],
-                                 tl.load(value_ptr + meta, mask=t_ok, other=0.0).to(tl.float32)[None, :], own)
-            if not F32:  # fp32 coef as a high and a low 16-bit part: tensor cores keep ~16 bits of it
-                hi = coef.to(dec_ptr.dtype.element_ty)
-                lo = (coef - hi.to(tl.float32)).to(dec_ptr.dtype.element_ty)
-            # pass 2: y = x + coef @ dec, chunks in reverse order (the block's last rows read are the
-            # likeliest still in L2)
-            for i in range(0, n_chunks):
-                cols = (n_chunks - 1 - i) * BD + scols
-                col_ok = cols < d
-                ok = mine[:, None] & col_ok[None, :]
-                x_raw = tl.load(x_ptr + xrow + cols[None, :], mask=ok, other=0.0)
-                w = tl.load(dec_ptr + tile + cols[None, :], mask=t_ok[:, None] & col_ok[None, :], other=0.0)
-                if F32:
-                    y = tl.dot(coef, w.to(tl.float32), acc=x_raw.to(tl.float32), input_precision="ieee")
-                else:
-                    y = tl.dot(lo, w, acc=tl.dot(hi, w, acc=x_raw.to(tl.float32)))
-                tl.store(out_ptr + orow + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=ok)
-            g0 = tl.min(tl.where(on & (cfg >= g0 + G), cfg, N), axis=0)
-        if not IN_PLACE:  # untouched rows: bit-identical copy (only blocks that hold some)
-            keep = row_ok & (on == 0)
-            if tl.max(keep.to(tl.int32), axis=0) > 0:
-                for d0 in range(0, d, BD):
-                    cols = d0 + scols
-                    ok = keep[:, None] & (cols < d)[None, :]
-                    tl.store(out_ptr + orow + cols[None, :], tl.load(x_ptr + xrow + cols[None, :], mask=ok), mask=ok)
+                ok = keep[:, None] & (cols < d)[None, :]
+                tl.store(out_ptr + orow + cols[None, :], tl.load(x_ptr + xrow + cols[None, :], mask=ok), mask=ok)
 
 
 @triton.jit
@@ -252,78 +248,6 @@ def _sae_steer_row_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_p
         tl.store(o_at, tl.load(x_at, mask=col_ok), mask=col_ok)
 
 
-# the split kernel's workspaces, per (device, stream): [SPLIT_ROWS] row counters (int32, kept a
-# multiple of SPLIT_MAX) and [SPLIT_ROWS * SPLIT_MAX * MP] float32 shares (grown to the largest MP)
-SPLIT_MAX = tl.constexpr(16)
-SPLIT_ROWS = 16
-_SPLIT_WS = {}
-
-
-@triton.jit
-def _sae_steer_split_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, enc_ptr, b_eff_ptr, thr_ptr,
-                            dec_ptr, sync_ptr, part_ptr, d, N, M, stride_x, stride_o,
-                            IN_PLACE: tl.constexpr, MP: tl.constexpr, BS: tl.constexpr, P: tl.constexpr):
-    """Row kernel split over P programs (SMs), program (t, p) owning columns [p*BS, (p+1)*BS) of
-    row t: each computes its slice's share of the row's pre-activations, stores it in part_ptr,
-    meets the row's other programs at a counter in sync_ptr (cooperative launch: all programs are
-    resident), sums the P shares (the same order in every program) and updates its own slice.
-    A program reads and writes only its own columns, so in place is safe. The counter of a row
-    gains SPLIT_MAX per call (SPLIT_MAX / P per program) and stays a multiple of SPLIT_MAX between
-    calls: the last program in sees the multiple."""
-    row = tl.program_id(0)
-    p = tl.program_id(1)
-    c = tl.load(cfg_ptr + row)
-    cols = p * BS + tl.arange(0, BS)
-    col_ok = cols < d
-    x_at = x_ptr + row.to(tl.int64) * stride_x + cols
-    o_at = out_ptr + row.to(tl.int64) * stride_o + cols
-    if (c > 0) & (c < N):
-        slots = tl.arange(0, MP)
-        sl_ok = slots < M
-        meta = c.to(tl.int64) * M + slots
-        at = meta[:, None] * d + cols[None, :]
-        ok = sl_ok[:, None] & col_ok[None, :]
-        x = tl.load(x_at, mask=col_ok, other=0.0).to(tl.float32)
-        e = tl.load(enc_ptr + at, mask=ok, other=0.0)
-        w = tl.load(dec_ptr + at, mask=ok, other=0.0)
-        tl.store(part_ptr + (row * P + p) * MP + slots, tl.sum(x[None, :] * e.to(tl.float32), axis=1))
-        # the meeting: release our share, then wait (acquire) until every program of the row is in
-        n = tl.atomic_add(sync_ptr + row, SPLIT_MAX // P, sem="acq_rel") + SPLIT_MAX // P
-        while n % SPLIT_MAX != 0:
-            n = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
-        shares = tl.load(part_ptr + (row * P + tl.arange(0, P))[:, None] * MP + slots[None, :], cache_modifier=".cg")
-        nf = tl.load(n_feat_ptr + c)
-        s_ok = slots < tl.minimum(nf, M)
-        pre = tl.sum(shares, axis=0) + tl.load(b_eff_ptr + meta, mask=sl_ok, other=0.0).to(tl.float32)
-        coef = _coefficients(pre, tl.load(kind_ptr + meta, mask=sl_ok, other=0),
-                             tl.load(thr_ptr + meta, mask=sl_ok, other=0.0).to(tl.float32),
-                             tl.load(value_ptr + meta, mask=sl_ok, other=0.0).to(tl.float32), s_ok)
-        y = x + tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
-        tl.store(o_at, y.to(out_ptr.dtype.element_ty), mask=col_ok)
-    elif not IN_PLACE:  # untouched row: bit-identical copy
-        tl.store(o_at, tl.load(x_at, mask=col_ok), mask=col_ok)
-
-
-def _split_workspace(x, mp):
-    """(counters, shares) for x's device and current stream, or None when they would have to be
-    made during graph capture (its memory would only be zeroed on replay)."""
-    cuda = x.device.type == "cuda"
-    key = (x.device, torch.cuda.current_stream(x.device).cuda_stream if cuda else None)
-    ws = _SPLIT_WS.get(key)
-    if ws is None or ws[1].numel() < SPLIT_ROWS * SPLIT_MAX.value * mp:
-        if cuda and torch.cuda.is_current_stream_capturing():
-            return None
-        counters = ws[0] if ws is not None else torch.zeros(SPLIT_ROWS, dtype=torch.int32, device=x.device)
-        ws = _SPLIT_WS[key] = (counters, torch.empty(SPLIT_ROWS * SPLIT_MAX.value * mp, dtype=torch.float32,
-                                                     device=x.device))
-    return ws
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def steer_config(T: int, d: int, M: int):
     """A launch configuration (sae_steer's docstring lists the forms).
 
@@ -332,11 +256,14 @@ def steer_config(T: int, d: int, M: int):
     sae-steer-*-20261124-001052.jsonl). Other T <= 64 (latency): one row per program, all M
     slots at once as a [M, 2048] tile of broadcast products (d = 4096: two chunks per pass, so
     four dependent L2 round trips), 8 warps.
-    Larger T: the group kernel (H100, bf16, 8 clamps x 4 configurations drawn at random per row;
-    sae-steer-*-20261124-013403.jsonl): 16 rows x 256 columns, 4 warps, 3 stages below T = 8192
-    (T = 4096: 68% of the floor at d = 4096, 64% at d = 2304; the block kernel it replaces took
-    15%); 32 rows x 128 columns, 8 warps, 4 stages from 8192 (T = 16384: 62-65%). L2 eviction
-    hints (keep the rows for pass 2) changed nothing measurable.
+    Larger T: the group kernel, 16 rows x 256 columns, 4 warps, 3 stages (H100, bf16, 8 clamps x 4
+    configurations; probe-sae-steer-split-h100.txt). From T = 4096 (prefill, where each request's
+    rows are together and a block of 16 rows holds one or two configurations) G * MP = 16 columns
+    per tl.dot: 73-89% of the floor with 1024-row requests, but 44-46% with configurations drawn
+    at random per row (a block then runs the group loop twice). Below 4096, G * MP = 32 (4
+    configurations of 8 slots): 65-69% at T = 4096 in either layout (random rows: 62-70% at T = 16384
+    over the sweep). L2 eviction hints and persistent launches (fewer rows in flight) changed
+    nothing measurable (probe-sae-steer-h100.txt).
     Interpreter: the group kernel (the GPU's large-T default) with large blocks."""
     mp = triton.next_power_of_2(M)
     g = max(1, 32 // mp)  # group kernel: G * MP = 32 columns per tl.dot (4 configurations of 8 slots)
@@ -346,17 +273,13 @@ def steer_config(T: int, d: int, M: int):
         return 1, mp, None, 8, False, "row"
     if T <= 64:
         return 1, mp, min(2048, max(32, triton.next_power_of_2(d))), 8, False
-    if T >= 8192:
-        return 32, mp, 128, 8, True, "group", g, 4
+    if T >= 4096:  # prefill: G * MP = 16 (blocks hold one or two requests' configurations)
+        return 16, mp, 256, 4, True, "group", max(1, 16 // mp), 3
     return 16, mp, 256, 4, True, "group", g, 3
 
 
-def _int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _pow2(v):
-    return _int(v) and v >= 1 and v & (v - 1) == 0
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v & (v - 1) == 0
 
 
 def _check_cfg(cfg, M: int):
@@ -365,25 +288,20 @@ def _check_cfg(cfg, M: int):
         raise ValueError(f"sae_steer: cfg must be a tuple (BT, MP, BD, num_warps, DOT[, tag, ...]), got {cfg!r}")
     bt, mp, bd, warps, _ = cfg[:5]
     tag = cfg[5] if len(cfg) > 5 else None
-    if (len(cfg) > 5 and tag not in ("row", "group", "split")) or (tag == "row" and len(cfg) != 6):
-        raise ValueError(f"sae_steer: cfg must end after DOT, with \"row\", with \"split\", P or with \"group\", "
-                         f"G, num_stages; got {cfg!r}")
+    if (len(cfg) > 5 and tag not in ("row", "group")) or (tag == "row" and len(cfg) != 6):
+        raise ValueError(f"sae_steer: cfg must end after DOT, with \"row\", or with \"group\", G, num_stages; "
+                         f"got {cfg!r}")
     if not (_pow2(bt) and _pow2(mp) and mp >= M and _pow2(warps) and warps <= 32 and (bd is None or _pow2(bd))):
         raise ValueError(f"sae_steer: cfg needs powers of two BT, MP >= M = {M}, BD, num_warps <= 32; got {cfg!r}")
-    if tag == "split":
-        if len(cfg) != 7 or bt != 1 or bd is None or not _pow2(cfg[6]) or cfg[6] > SPLIT_MAX.value:
-            raise ValueError(f"sae_steer: a split cfg is (1, MP, BS, num_warps, DOT, \"split\", P) with "
-                             f"power-of-two BS and P <= {SPLIT_MAX.value}; got {cfg!r}")
     if tag == "group":
-        if len(cfg) not in (8, 9):
-            raise ValueError(f"sae_steer: a group cfg is (BT, MP, BD, num_warps, DOT, \"group\", G, num_stages"
-                             f"[, programs_per_SM]), got {cfg!r}")
-        g, stages = cfg[6:8]
-        per_sm = cfg[8] if len(cfg) > 8 else 0
+        if len(cfg) != 8:
+            raise ValueError(f"sae_steer: a group cfg is (BT, MP, BD, num_warps, DOT, \"group\", G, num_stages), "
+                             f"got {cfg!r}")
+        g, stages = cfg[6:]
         if not (_pow2(g) and g * mp >= 16 and bt >= 16 and bd is not None and bd >= 16
-                and _int(stages) and 1 <= stages <= 8 and _int(per_sm) and 0 <= per_sm <= 64):
+                and isinstance(stages, int) and not isinstance(stages, bool) and 1 <= stages <= 8):
             raise ValueError(f"sae_steer: a group cfg needs power-of-two G with G * MP >= 16, BT >= 16 and "
-                             f"BD >= 16 (tl.dot), 1 <= num_stages <= 8, 0 <= programs_per_SM <= 64; got {cfg!r}")
+                             f"BD >= 16 (tl.dot), 1 <= num_stages <= 8; got {cfg!r}")
     return tag
 
 
@@ -406,18 +324,6 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
         tag = cfg[5] if len(cfg) > 5 else None
     bt, mp, bd, warps, dot = cfg[:5]
     args = (x, out, config, n_feat, kind, value, enc, b_eff, thr, dec)
-    if tag == "split":
-        parts = cfg[6]
-        if bd * parts < d or T > SPLIT_ROWS or (parts > 1 and interpreting()):
-            raise ValueError(f"the split kernel needs BS * P >= d = {d}, T <= {SPLIT_ROWS} and, under the "
-                             f"interpreter (one program at a time), P = 1; got T = {T}, {cfg}")
-        ws = _split_workspace(x, mp)
-        if ws is not None:
-            _sae_steer_split_kernel[(T, parts)](*args, *ws, d, N, M, x.stride(0), out.stride(0),
-                                                IN_PLACE=in_place, MP=mp, BS=bd, P=parts, num_warps=warps,
-                                                launch_cooperative_grid=True)
-            return
-        cfg, tag, bd = (1, mp, None, warps, False, "row"), "row", None  # no workspace yet: the row kernel
     if tag == "row":
         bd = bd or triton.next_power_of_2(d)
         if bt != 1 or bd < d:
@@ -427,12 +333,8 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
         return
     f32 = torch.float32 in (x.dtype, enc.dtype, dec.dtype) or enc.dtype != dec.dtype
     if tag == "group":
-        g, stages = cfg[6:8]
-        blocks = triton.cdiv(T, bt)
-        per_sm = cfg[8] if len(cfg) > 8 else 0
-        if per_sm:  # persistent: programs walk the blocks in step, fewer rows in flight
-            blocks = min(blocks, per_sm * (1 if interpreting() else _sm_count(x.device)))
-        _sae_steer_group_kernel[(blocks,)](
+        g, stages = cfg[6:]
+        _sae_steer_group_kernel[(triton.cdiv(T, bt),)](
             *args, T, d, N, M, x.stride(0), out.stride(0),
             IN_PLACE=in_place, F32=f32, BT=bt, MP=mp, BD=bd, G=g, num_warps=warps, num_stages=stages)
         return
@@ -450,7 +352,8 @@ SWEEP = [(32, 16, 128, 4, True), (1, 8, 2048, 8, False),
          (16, 8, 256, 4, True, "group", 4, 3), (16, 8, 256, 8, True, "group", 4, 3),
          (16, 8, 128, 8, True, "group", 4, 4), (32, 8, 256, 8, True, "group", 4, 3),
          (32, 8, 128, 8, True, "group", 4, 4), (32, 8, 64, 4, True, "group", 4, 4),
-         (32, 8, 128, 4, True, "group", 2, 3), (64, 8, 128, 8, True, "group", 4, 3)]
+         (32, 8, 128, 4, True, "group", 2, 3), (64, 8, 128, 8, True, "group", 4, 3),
+         (16, 8, 256, 4, True, "group", 2, 3), (32, 8, 256, 4, True, "group", 4, 3)]
 SWEEP_SMALL = [(1, 8, 2048, 8, False), (1, 8, 4096, 16, False), (1, 8, 1024, 4, False), (1, 8, 512, 4, False),
                (16, 16, 512, 4, True), (1, 8, None, 8, False, "row"), (1, 8, None, 16, False, "row"),
                (1, 8, None, 32, False, "row")]

@@ -228,23 +228,15 @@ def _same_bits(a, b):
                        b.view(torch.int32 if b.dtype == torch.float32 else torch.int16))
 
 
-ON_GPU = DEVICE == "cuda"
-
-
 @pytest.mark.parametrize("dtype", SAE_DTYPES)
 @pytest.mark.parametrize("d", [32, 40])
 @pytest.mark.parametrize("in_place", [True, False])
-@pytest.mark.parametrize("kernel", ["row", ("split", 1, 64)]
-                         + ([("split", 2, 32), ("split", 4, 16), ("split", 16, 4)] if ON_GPU else []))
-def test_row_kernel(dtype, d, in_place, kernel):
-    """The row kernel (one row per program, whole row in one chunk, every load up front) and the
-    split kernel (a row over P programs that meet at a counter; P > 1 needs a GPU, the interpreter
-    runs one program at a time) against the reference: mixed configurations per row, config 0 and
-    out-of-range ids bit-identical."""
+def test_row_kernel(dtype, d, in_place):
+    """The row kernel (one row per program, whole row in one chunk, every load up front) against
+    the reference: mixed configurations per row, config 0 and out-of-range ids bit-identical."""
     import steerkit.kernels as K
 
-    N, M, T = 6, 8, 24 if kernel == "row" else 16
-    cfg = (1, 8, None, 4, False, "row") if kernel == "row" else (1, 8, kernel[2], 4, False, "split", kernel[1])
+    N, M, T = 6, 8, 24
     tables = _random_steering(N, M, d, dtype)
     h = randn(T, d, dtype=dtype)
     h[:, ::7] = -0.0  # x + 0 would turn these into +0.0
@@ -253,50 +245,11 @@ def test_row_kernel(dtype, d, in_place, kernel):
     config[4:3 + N] = torch.arange(1, N, device=DEVICE, dtype=torch.int32)  # every configuration
     ref = R.sae_steer(h.float(), config, *tables)
     out = h.clone() if in_place else torch.full_like(h, float("nan"))
-    K.sae_steer(out if in_place else h, out, config, *tables, cfg=cfg)
+    K.sae_steer(out if in_place else h, out, config, *tables, cfg=(1, 8, None, 4, False, "row"))
     close(out, ref, dtype)
     keep = (config < 1) | (config >= N)
     assert _same_bits(out[keep], h[keep]), "untouched rows changed"
     assert not torch.equal(out[~keep], h[~keep])
-
-
-@pytest.mark.skipif(not ON_GPU, reason="more than one program per row needs a GPU")
-def test_split_kernel_counters_survive_mixed_splits():
-    """Calls that split rows over 2, 8 and 16 programs, in place and back to back on one stream
-    (no host sync between them), each against the reference; the row counters end as multiples
-    of SPLIT_MAX (a counter off by one would make the next call's meeting pass early or hang)."""
-    import importlib
-
-    KS = importlib.import_module("steerkit.kernels.sae_steer")
-    N, M, T, d = 5, 8, 16, 4096
-    tables = _random_steering(N, M, d, torch.bfloat16)
-    h = randn(T, d, dtype=torch.bfloat16)
-    config = torch.randint(0, N, (T,), device=DEVICE, dtype=torch.int32)
-    outs, refs = [], []
-    for i, parts in enumerate([2, 8, 16, 8, 2, 16] * 3):
-        refs.append(R.sae_steer(h.float(), config, *tables))
-        KS.sae_steer(h, h, config, *tables, cfg=(1, 8, d // parts, 8, False, "split", parts))
-        outs.append(h.clone())
-    for out, ref in zip(outs, refs):
-        close(out, ref, torch.bfloat16)
-    counters = KS._SPLIT_WS[(h.device, torch.cuda.current_stream().cuda_stream)][0]
-    assert int(counters.max()) > 0 and bool((counters % KS.SPLIT_MAX.value == 0).all()), counters
-
-
-def test_split_kernel_bad_configs():
-    import steerkit.kernels as K
-
-    h = randn(17, 40)
-    tables = _random_steering(3, 8, 40, torch.float32)
-    config = torch.ones(17, device=DEVICE, dtype=torch.int32)
-    with pytest.raises(ValueError, match="T <= 16"):  # more rows than the workspace has counters
-        K.sae_steer(h, h.clone(), config, *tables, cfg=(1, 8, 64, 4, False, "split", 1))
-    with pytest.raises(ValueError, match="BS \\* P >= d"):
-        K.sae_steer(h[:4], h[:4].clone(), config[:4], *tables, cfg=(1, 8, 16, 4, False, "split", 2))
-    for bad in [(1, 8, 64, 4, False, "split", 3), (1, 8, 64, 4, False, "split", 32), (2, 8, 64, 4, False, "split", 1),
-                (1, 8, None, 4, False, "split", 1), (1, 8, 64, 4, False, "split")]:
-        with pytest.raises(ValueError, match="cfg"):
-            K.sae_steer(h[:4], h[:4].clone(), config[:4], *tables, cfg=bad)
 
 
 def test_row_kernel_needs_the_whole_row():
@@ -314,8 +267,7 @@ def test_row_kernel_needs_the_whole_row():
 
 GROUP_CFGS = [(16, 8, 64, 4, True, "group", 2, 2),  # 16-row blocks over ids 1..6: up to 3 groups
               (32, 8, 16, 4, True, "group", 4, 3),  # d in many chunks; ids 1..6 in 2 groups
-              (16, 16, 32, 4, True, "group", 1, 3),  # MP > M: padding slots; one id per group
-              (16, 8, 64, 4, True, "group", 2, 2, 1)]  # persistent: one program walks every block
+              (16, 16, 32, 4, True, "group", 1, 3)]  # MP > M: padding slots; one id per group
 
 
 @pytest.mark.parametrize("dtype", SAE_DTYPES)
@@ -352,8 +304,7 @@ def test_group_kernel(dtype, T, d, cfg, in_place):
                                  (32, 4, 64, 4, True, "group", 4, 2), (32, 8, 64, 4, True, "group", 3, 2),
                                  (32, 8, 64, 4, True, "group", 2, 0), (32, 8, None, 4, True, "group", 2, 2),
                                  (32, 8, 64, 4), (1, 8, None, 4, False, "row", 2),
-                                 (32, 8, 64, 4, True, "group", 2, 2, True), (32, 8, 64, 4, True, "group", 2, 2, -1),
-                                 (32, 8, 64, 4, True, "group", 2, 2, 1, 1)])
+                                 (32, 8, 64, 4, True, "group", 2, 2, True)])
 def test_malformed_launch_configs(cfg):
     import steerkit.kernels as K
 
@@ -394,7 +345,7 @@ k, fails = KS._sae_steer_group_kernel, 0
 INT = ("cfg_ptr", "n_feat_ptr", "kind_ptr")
 F32 = ("value_ptr", "b_eff_ptr", "thr_ptr")
 for c in [c for c in KS.SWEEP if c[5:6] == ("group",)]:
-    bt, mp, bd, warps, _, _, g, stages = c[:8]
+    bt, mp, bd, warps, _, _, g, stages = c
     for dt, in_place in (("bf16", True), ("fp16", False)):
         sig, consts, attrs = {}, {}, {}
         for i, n in enumerate(k.arg_names):
