@@ -45,19 +45,13 @@ def table_for(d):
 def check_and_time(h, cfg, tab, cfgs):
     tens = [t.contiguous() for t in tab.tensors()]
     want = ops.sae_steer(h, cfg, tab, backend="torch").float()
-    def run(x, c):
-        if c == "cuda":  # the CUDA extension's cluster kernel
-            torch.ops.steerkit_cuda.sae_steer(x, x, cfg, *tens)
-        else:
-            KS.sae_steer(x, x, cfg, *tens, cfg=c)
-
     for c in cfgs:  # every check before any timing (the timed calls change h in place)
         got = h.clone()
-        run(got, c)
+        KS.sae_steer(got, got, cfg, *tens, cfg=c)
         err = float((got.float() - want).abs().max() / want.abs().max())
         if err > 3e-2 or not torch.equal(got[cfg == 0], h[cfg == 0]):
             print(f"# MISMATCH cfg={c} T={h.shape[0]} d={h.shape[1]}: {err:.2e}", flush=True)
-    out = {c: GraphTimer(lambda c=c: run(h, c)) for c in cfgs}
+    out = {c: GraphTimer(lambda c=c: KS.sae_steer(h, h, cfg, *tens, cfg=c)) for c in cfgs}
     res = {c: [] for c in cfgs}
     for _ in range(5):  # interleaved rounds, medians
         for c, t in out.items():
@@ -97,11 +91,11 @@ def small():
                 cfg = {"bench": torch.randint(0, N_CFG + 1, (T,), generator=g), "same": torch.ones(T),
                        "cycle": torch.arange(T) % N_CFG + 1}[name].to("cuda", torch.int32)
                 h = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
-                cfgs = [None, (1, 8, None, 4, False, "row"), (1, 8, None, 16, False, "row")] + CUDA
+                cfgs = [None, (1, 8, None, 4, False, "row"), (1, 8, None, 16, False, "row")]
                 r = check_and_time(h, cfg, tab, cfgs)
-                label = lambda c: "default" if c is None else c if c == "cuda" else f"{c[3]} warps"  # noqa: E731
                 print(f"T={T:2d} d={d} {name:5s} ({int((cfg > 0).sum())} steered): "
-                      + "  ".join(f"{label(c)} {us:.2f}" for c, us in r.items()), flush=True)
+                      + "  ".join(f"{'default' if c is None else f'{c[3]} warps'} {us:.2f}" for c, us in r.items()),
+                      flush=True)
 
 
 @triton.jit
@@ -143,27 +137,14 @@ def latency():
             calls[f"sae_steer row kernel, {m} clamps, {w} warps"] = (
                 lambda tens=tens, w=w, m=m: KS.sae_steer(h, h, one, *tens, cfg=(1, triton.next_power_of_2(m), None,
                                                                                w, False, "row")))
-        if CUDA:
-            calls[f"sae_steer CUDA cluster kernel, {m} clamps"] = (
-                lambda tens=tens: torch.ops.steerkit_cuda.sae_steer(h, h, one, *tens))
     timers = {k: GraphTimer(f) for k, f in calls.items()}
     res = {k: sorted(t.us() for _ in range(5))[2] for k, t in timers.items()}
     for k, us in res.items():
         print(f"  {k:44s} {us:6.2f} us", flush=True)
 
 
-CUDA = []  # ["cuda"] once the CUDA extension (csrc/sae_steer.cu) is loaded
-
-
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "both"
-    try:
-        from steerkit import _cuda_ext
-
-        _cuda_ext.load()
-        CUDA.append("cuda")
-    except RuntimeError as e:
-        print(f"# no CUDA extension: {e}", flush=True)
     gbps = copy_bandwidth_gbps("cuda")
     print(f"# probe_sae_steer on {torch.cuda.get_device_name()}: copy {gbps:.0f} GB/s", flush=True)
     if what == "latency":

@@ -30,10 +30,4 @@ void steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& config,
                 const at::Tensor& dyn_b, const at::Tensor& dirs, const at::Tensor& dir_val,
                 const at::Tensor& n_dirs, const at::Tensor& vec, const at::Tensor& strength);
 
-// Decode-sized batches only (one thread block cluster per row; M <= 16, 16-byte aligned rows).
-void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& config,
-                    const at::Tensor& n_feat, const at::Tensor& kind, const at::Tensor& value,
-                    const at::Tensor& enc, const at::Tensor& b_eff, const at::Tensor& thr,
-                    const at::Tensor& dec);
-
 }  // namespace steerkit

@@ -19,8 +19,6 @@ TORCH_LIBRARY(steerkit_cuda, m) {
   m.def("steer(Tensor x, Tensor(a!) out, Tensor config, Tensor scale, Tensor flags, Tensor dyn_w, "
         "Tensor dyn_b, Tensor dirs, Tensor dir_val, Tensor n_dirs, Tensor vec, "
         "Tensor strength) -> ()");
-  m.def("sae_steer(Tensor x, Tensor(a!) out, Tensor config, Tensor n_feat, Tensor kind, "
-        "Tensor value, Tensor enc, Tensor b_eff, Tensor thr, Tensor dec) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(steerkit_cuda, CUDA, m) {
@@ -30,7 +28,6 @@ TORCH_LIBRARY_IMPL(steerkit_cuda, CUDA, m) {
   m.impl("add_gathered", &steerkit::add_gathered_cuda);
   m.impl("patch", &steerkit::patch_cuda);
   m.impl("steer", &steerkit::steer_cuda);
-  m.impl("sae_steer", &steerkit::sae_steer_cuda);
 }
 
 // Python module init, named after the build target (`_C` ahead of time, `steerkit_cuda` JIT).
