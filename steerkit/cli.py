@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     m.add_argument("--dynamic", action="store_true", help="compile with dynamic shapes (one graph for all sizes)")
     m.add_argument("--backend", default=None, choices=("torch", "triton", "cuda"),
                    help="steerkit's eager backend (default automatic; cuda builds the extension first)")
+    m.add_argument("--strength", type=float, default=1.0,
+                   help="factor on the added vectors (0: the same work with the activations unchanged)")
     m.add_argument("--out", default=None, help="folder for the JSONL rows")
     dm = sub.add_parser("demo", help="steer a small real model (Gemma 3 270M) and show the difference")
     dm.add_argument("--layer", type=int, default=None, help="block whose output is steered (default: a third deep)")
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
         kw = dict(shape=args.shape, batches=args.batches, modes=args.modes, phases=args.phases,
                   assigns=args.assigns, steps=args.steps, rounds=args.rounds, prompt=args.prompt,
                   prefill_batch=args.prefill_batch, prefill_len=args.prefill_len, deadline_s=args.deadline,
-                  dynamic=True if args.dynamic else None, backend=args.backend)
+                  dynamic=True if args.dynamic else None, backend=args.backend, strength=args.strength)
         if args.kinds:
             kw["kinds"] = [] if args.kinds == ["none"] else args.kinds
         if args.hook_kinds:

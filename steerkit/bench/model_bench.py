@@ -55,10 +55,10 @@ def build_model(shape: str, device: str, dtype=torch.bfloat16):
 class _Params:
     """Random intervention parameters for up to ``n`` configurations (row j = configuration j+1)."""
 
-    def __init__(self, n: int, d: int, device):
+    def __init__(self, n: int, d: int, device, strength: float = 1.0):
         g = torch.Generator(device="cpu").manual_seed(1)
         r = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
-        self.vec = r(n, d) * 0.05
+        self.vec = r(n, d) * 0.05 * strength  # strength 0: the same work, activations unchanged
         self.scale = 0.8 + 0.4 * torch.rand(n, generator=g).to(device)
         u = r(n, d)
         self.dir = u / u.norm(dim=-1, keepdim=True)
@@ -190,7 +190,8 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
         assigns: Sequence[str] = ("shared", "distinct"), prompt: int = 128, steps: int = 16, rounds: int = 3,
         prefill_batch: int = 16, prefill_len: int = 2048, device: Optional[str] = None,
         deadline_s: Optional[float] = None, dynamic: Optional[bool] = None, backend: Optional[str] = None,
-        log: Callable[[str], None] = print, emit: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
+        strength: float = 1.0, log: Callable[[str], None] = print,
+        emit: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
     """Measure and return rows (one per shape, mode, phase, batch, variant, assignment).
     ``dynamic`` goes to torch.compile: None (transformers' default: static first, then a dynamic
     batch dimension from the second batch size on) or True (one dynamic graph for every size).
@@ -208,7 +209,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
     model = build_model(shape, device)
     n_layers, d = model.config.num_hidden_layers, model.config.hidden_size
     cap = max(list(batches) + ([prefill_batch] if "prefill" in phases else []))
-    params = _Params(cap, d, device)
+    params = _Params(cap, d, device, strength)
     variants: Dict[str, object] = {"none": None}
     for k in kinds:
         variants[f"steerkit-{k}"] = _SteerkitVariant(model, k, params, cap, backend)
@@ -294,6 +295,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     # the host's slow and fast periods (eager runs are host-bound) cancel
                     paired = sorted(100.0 * (x / b - 1.0) for x, b in zip(xs, base_xs))
                     row = dict(shape=shape, mode=mode, phase=phase, batch=B, seq=S, variant=name, assign=assign,
+                               strength=strength,
                                us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=steps,
                                overhead_pct=100.0 * (med / base - 1.0), paired_pct=statistics.median(paired),
                                paired_q1=paired[len(paired) // 4], paired_q3=paired[(3 * len(paired)) // 4],
