@@ -30,6 +30,26 @@ def test_steerkit_and_plain_hook_variants_agree(kind):
     assert not torch.allclose(got, plain, atol=1e-3)
 
 
+def test_strength_zero_adds_zero_vectors():
+    """--strength 0: the add variants run their ops on zero vectors, so the logits stay the
+    unsteered model's while the work is the same; rows record the strength."""
+    model = M.build_model("tiny", "cpu", torch.float32)
+    params = M._Params(2, model.config.hidden_size, "cpu", strength=0.0)
+    assert torch.count_nonzero(params.vec) == 0
+    tok = torch.randint(0, model.config.vocab_size, (2, 5))
+    with torch.no_grad():
+        plain = model(input_ids=tok).logits
+        sk = M._SteerkitVariant(model, "add", params, 2)
+        sk.on(torch.tensor([1, 2], dtype=torch.int32))
+        got = model(input_ids=tok).logits
+        sk.handle.detach()
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
+    rows = M.run(shape="tiny", batches=(2,), modes=("eager",), phases=("decode",), kinds=("add",),
+                 hook_kinds=(), assigns=("distinct",), steps=1, rounds=1, prompt=4, device="cpu",
+                 strength=0.0, log=lambda s: None)
+    assert rows and all(r["strength"] == 0.0 for r in rows)
+
+
 def test_tiny_run_rows():
     rows = M.run(shape="tiny", batches=(2,), modes=("eager",), phases=("decode", "prefill"), kinds=("add",),
                  hook_kinds=("mix",), steps=2, rounds=1, prompt=4, prefill_batch=2, prefill_len=8,
