@@ -29,16 +29,19 @@ KS = importlib.import_module("steerkit.kernels.sae_steer")
 M, N_CFG, F = 8, 4, 16384
 
 
-def table_for(d):
-    g = torch.Generator().manual_seed(d)
+def table_for(d, capacity=N_CFG, m=M, seed=None):
+    """A JumpReLU-shaped SAE's steering table: configurations 1..capacity clamp m features to 0
+    (random features; with ``seed`` given, features 0..m-1)."""
+    g = torch.Generator().manual_seed(d if seed is None else seed)
     W_enc = (torch.randn(d, F, generator=g) / d ** 0.5).to("cuda", torch.bfloat16)
     W_dec = (torch.randn(F, d, generator=g) / d ** 0.5).to("cuda", torch.bfloat16)
     z = torch.zeros(F, device="cuda", dtype=torch.bfloat16)
     tab = SaeSteeringTable(W_enc, z, W_dec, torch.zeros(d, device="cuda", dtype=torch.bfloat16),
                            torch.full((F,), 0.1, device="cuda", dtype=torch.bfloat16), activation="jumprelu",
-                           capacity=N_CFG, max_features=M)
-    for c in range(1, N_CFG + 1):
-        tab.set(c, clamp={f: 0.0 for f in torch.randint(0, F, (M,), generator=g).tolist()})
+                           capacity=capacity, max_features=m)
+    for c in range(1, capacity + 1):
+        feats = torch.randint(0, F, (m,), generator=g).tolist() if seed is None else list(range(m))
+        tab.set(c, clamp={f: 0.0 for f in feats})
     return tab
 
 
@@ -124,15 +127,7 @@ def latency():
              "touch row, id 1": lambda: _touch_row[(1,)](h, one, d, BD=4096, num_warps=8),
              "steer_ (vector add)": lambda: ops.steer_(h, one, st, validate=False)}
     for m in (1, 2, 4, 8, 16):
-        g = torch.Generator().manual_seed(m)
-        W_enc = (torch.randn(d, F, generator=g) / d ** 0.5).to("cuda", torch.bfloat16)
-        W_dec = (torch.randn(F, d, generator=g) / d ** 0.5).to("cuda", torch.bfloat16)
-        z = torch.zeros(F, device="cuda", dtype=torch.bfloat16)
-        tab = SaeSteeringTable(W_enc, z, W_dec, torch.zeros(d, device="cuda", dtype=torch.bfloat16),
-                               torch.full((F,), 0.1, device="cuda", dtype=torch.bfloat16), activation="jumprelu",
-                               capacity=1, max_features=m)
-        tab.set(1, clamp={f: 0.0 for f in range(m)})
-        tens = [t.contiguous() for t in tab.tensors()]
+        tens = [t.contiguous() for t in table_for(d, capacity=1, m=m, seed=m).tensors()]
         for w in (4, 8):
             calls[f"sae_steer row kernel, {m} clamps, {w} warps"] = (
                 lambda tens=tens, w=w, m=m: KS.sae_steer(h, h, one, *tens, cfg=(1, triton.next_power_of_2(m), None,
