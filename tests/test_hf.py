@@ -105,8 +105,8 @@ def test_ids_written_in_place_take_effect_and_positions_hook_only_for_rules():
 def test_eager_decode_steps_reuse_the_prepared_launch(monkeypatch):
     """Eager generate: with no position rule the per-token ids built at the first decode step
     are reused by the later ones, so every site after the first step reuses its prepared launch
-    (made once per site and config tensor, then taken by the hook's own check or by steer_'s
-    fast path), and the tokens equal those of the reference backend."""
+    (made once per site and config tensor, then taken by steer_'s fast path), and the tokens
+    equal those of the reference backend."""
     import importlib
 
     steer_module = importlib.import_module("steerkit.ops.steer")

@@ -20,14 +20,12 @@ grow with the number of sites.
 """
 from __future__ import annotations
 
-import operator
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
 from steerkit import ops
-from steerkit.ops.steer import fast_entry
 from steerkit.steering import SteeringTable
 
 # model_type -> (path of the decoder block list, attention output projection in a block,
@@ -427,34 +425,20 @@ class Steering:
             keep = keep & ~self._pad
         return keep
 
-    def _apply(self, h: torch.Tensor, table: SteeringTable, stack: int, slot: int,
-               last: Optional[list] = None) -> Optional[torch.Tensor]:
+    def _apply(self, h: torch.Tensor, table: SteeringTable, stack: int, slot: int) -> Optional[torch.Tensor]:
         if torch.compiler.is_compiling():
             # out of place (a new output, as a plain hook returns, fuses best), through self, not
             # the table: one route to the stacked tensors for every site's hook
             return ops.steer_stacked(h, self._build_config(h), self._stacks[stack], slot)
         config = self._config_for(h)
-        grad = torch.is_grad_enabled()
-        if grad and h.requires_grad:  # out of place when gradients flow
+        if h.requires_grad and torch.is_grad_enabled():  # out of place when gradients flow
             return ops.steer(h, config, table, backend=self.backend, validate=False)
-        # eager decode: the site's last prepared launch, while the config tensor, h's dtype and
-        # shape and the table's tensors are the same (what ops.steer_'s own fast path checks,
-        # without its lookups: most of a hook's host time is Python)
-        if (last is not None and last[0] is config and not grad and last[1] is h.dtype and last[2] == h.shape
-                and last[5] is self.backend and type(h) is torch.Tensor
-                and all(map(operator.is_, table.tensors(), last[3])) and last[4](h)):
-            return None
         ops.steer_(h, config, table, backend=self.backend, validate=False)
-        e = None if last is None or grad else fast_entry(table, config)
-        if e is not None:
-            last[:] = [config, h.dtype, h.shape, e[0], e[1], self.backend]
         return None
 
     def _hook(self, table: SteeringTable, stack: int, slot: int):
-        last = [None] * 6  # this site's last prepared launch (see _apply)
-
         def fn(h):
-            return None if self._ids is None else self._apply(h, table, stack, slot, last)
+            return None if self._ids is None else self._apply(h, table, stack, slot)
         return fn
 
     # -- lifetime -------------------------------------------------------------------------------

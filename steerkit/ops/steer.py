@@ -54,8 +54,8 @@ def _uses(record: dict) -> tuple:
 # Eager in-place calls with validate=False (the model integration's hooks): the prepared
 # launches per table (ops._registry.FastLaunch; in ``table._launches`` for a SteeringTable, else
 # here), one per config tensor (the last few: a model's prefill and decode steps each have
-# theirs), reused while the table's tensors, the config tensor, h's dtype/device/leading shape
-# and the backend request are the same objects/values.
+# theirs), reused while the table's tensors, the config tensor, h's dtype/device/shape and the
+# backend request are the same objects/values.
 # It skips the checks, the preparation and, on Triton, the generic launch path: most of the host
 # time of a call. Entries hold their config tensor, so its id() is not reused while they live.
 _FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -70,26 +70,16 @@ def _fast_steer_(h, config, table, backend) -> bool:
         except TypeError:  # a table type that cannot be weakly referenced: no fast path
             return False
     e = None if entries is None else entries.get(id(config))
-    if (e is None or e[0] is not config or e[1] != (h.dtype, h.device, h.shape[:-1], backend)
-            or torch.is_grad_enabled() or torch.compiler.is_compiling() or type(h) is not torch.Tensor
+    if e is None or e[0] is not config:
+        return False
+    # the key's parts compared one by one, the cheapest first (this runs once per layer in an
+    # eager decode step, where host time is the cost): dtypes are singletons, a device as its index
+    dtype, device, shape, back = e[1]
+    if (dtype is not h.dtype or shape != h.shape or back != backend or type(h) is not torch.Tensor
+            or torch.is_grad_enabled() or device != h.get_device() or torch.compiler.is_compiling()
             or not all(map(operator.is_, table.tensors(), e[2]))):
         return False
     return e[3](h)
-
-
-def fast_entry(table, config) -> Optional[tuple]:
-    """(the table's tensors, run) of the prepared launch ``steer_`` keeps for this table and
-    config tensor, or None. ``run(h)`` steers h in place and returns True, or returns False
-    having done nothing; it is valid for h of the dtype, device and leading shape it was made
-    for, while the table's tensors are those returned and autograd is off."""
-    entries = getattr(table, "_launches", None)
-    if entries is None:
-        try:
-            entries = _FAST.get(table)
-        except TypeError:
-            return None
-    e = None if entries is None else entries.get(id(config))
-    return None if e is None or e[0] is not config else (e[2], e[3])
 
 
 def _remember(table, config, entry) -> None:
@@ -114,7 +104,7 @@ def steer_(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[st
     if not validate and isinstance(config, torch.Tensor) and config.is_contiguous():  # reshape = view
         run = inplace_launch("steer", h, params, backend)
         if run is not None:
-            _remember(table, config, (config, (h.dtype, h.device, h.shape[:-1], backend), params[1:], run))
+            _remember(table, config, (config, (h.dtype, h.get_device(), h.shape, backend), params[1:], run))
             if run(h):
                 return h
     return call("steer", True, h, params, backend, _compiled_reference(table))
