@@ -260,11 +260,11 @@ def steer_config(T: int, d: int, M: int):
     Larger T: the group kernel, 16 rows x 256 columns, 4 warps, 3 stages (H100, bf16, 8 clamps x 4
     configurations; probe-sae-steer-split-h100.txt). From T = 4096 (prefill, where each request's
     rows are together and a block of 16 rows holds one or two configurations) G * MP = 16 columns
-    per tl.dot: 73-89% of the floor with 1024-row requests, but 44-46% with configurations drawn
+    per tl.dot: 73-89% of the floor with 1024-row requests, but 43-46% with configurations drawn
     at random per row (a block then runs the group loop twice). Below 4096, G * MP = 32 (4
-    configurations of 8 slots): 65-69% at T = 4096 in either layout (random rows: 62-70% at T = 16384
-    over the sweep). L2 eviction hints and persistent launches (fewer rows in flight) changed
-    nothing measurable (probe-sae-steer-h100.txt).
+    configurations of 8 slots): 64-69% at T = 4096 in either layout (random rows at T = 16384:
+    61% with it, 68-70% with 32 rows x 256 columns). L2 eviction hints and persistent launches
+    (fewer rows in flight) changed nothing measurable (probe-sae-steer-h100.txt).
     Interpreter: the group kernel (the GPU's large-T default) with large blocks."""
     mp = triton.next_power_of_2(M)
     g = max(1, 32 // mp)  # group kernel: G * MP = 32 columns per tl.dot (4 configurations of 8 slots)
