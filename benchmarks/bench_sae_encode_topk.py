@@ -61,11 +61,12 @@ def main(argv=None):
                             lambda c=c: KM.sae_encode_topk(x, W, b, None, k, vs, ix, tiles=c) or (vs, ix))
                 if a.sweep and T >= KM.GEMM_MIN_T:  # GEMM path: chunk shapes within the memory cap, selection tiles
                     budget = 0.05 * 2 * T * F
-                    for tc, fc in [(1024, 4096), (2048, 2048), (4096, 1024), (4096, 4096)]:
-                        if tc <= T and fc <= F and tc * fc * 4 + tc * (64 + 256) * 8 <= budget:
+                    for tc, fc in [(1024, 4096), (2048, 4096), (2048, 2048), (4096, 1024), (4096, 2048)]:
+                        if tc <= T and fc <= F and tc * fc * 2 + tc * (64 + 512) * 8 <= budget:
                             calls[f"gemm={tc}x{fc}"] = (
                                 lambda c=(tc, fc): KM.sae_encode_topk(x, W, b, None, k, vs, ix, chunks=c) or (vs, ix))
-                    for sel in [(1, 4096, 4096, 256, 8), (2, 2048, 2048, 256, 8), (1, 4096, 1024, 256, 8), (4, 1024, 1024, 256, 8)]:
+                    for sel in [(2, 1024, 4096, 512, 8), (4, 1024, 4096, 512, 4), (2, 2048, 4096, 512, 8),
+                                (1, 4096, 4096, 512, 8)]:
                         def call(sel=sel):
                             keep, KM.GEMM_SELECT = KM.GEMM_SELECT, sel
                             try:

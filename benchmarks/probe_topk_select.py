@@ -1,9 +1,15 @@
-"""Probe (GPU): the GEMM path's selection kernel alone on one [1024, 4096] float32 chunk, timed in
-CUDA-graph replay (no host cost): the first chunk of features, the first two, and a chunk where
-almost nothing beats the running lists, for a few (BT, BF, BF0, CP, warps) settings, against a
-bare read of the chunk. python benchmarks/probe_topk_select.py (results/select-probe-h100.txt)."""
+"""Probe (GPU): the GEMM path's selection kernel alone on one [1024, 4096] chunk, timed in
+CUDA-graph replay (no host cost): the first chunk of features (one row per program, the top KW
+by bisection), the first two, and a chunk where almost nothing beats the running lists, for the
+16-bit product (bf16 chunk with the bias in it) and the float32 one (bias added and rounded in
+the kernel), against a bare read of the chunk. Also checks that cuBLAS's addmm rounds the
+bias-added product once.
+
+python benchmarks/probe_topk_select.py [--ncu]   (--ncu: a few plain launches for Nsight Compute)
+"""
 import importlib
 import statistics
+import sys
 
 import torch
 import triton
@@ -12,11 +18,7 @@ import triton.language as tl
 M = importlib.import_module("steerkit.kernels.sae_encode_topk")
 torch.manual_seed(0)
 tc, fc, F, k, kw = 1024, 4096, 65536, 64, 64
-P = torch.randn(tc, fc, device="cuda") * 0.5
-b = (torch.randn(F, device="cuda") * 0.1).to(torch.bfloat16)
-run = torch.empty(tc, kw, device="cuda", dtype=torch.int64)
-cnt = torch.empty(tc, device="cuda", dtype=torch.int32)
-v = torch.empty(tc, k, device="cuda", dtype=torch.bfloat16); i = torch.empty(tc, k, device="cuda", dtype=torch.int64)
+
 
 @triton.jit
 def _read(p_ptr, out_ptr, NF, stride, thr, BT: tl.constexpr, BF: tl.constexpr):
@@ -24,36 +26,86 @@ def _read(p_ptr, out_ptr, NF, stride, thr, BT: tl.constexpr, BF: tl.constexpr):
     n = tl.zeros([BT], tl.int32)
     for c0 in range(0, NF, BF):
         cols = c0 + tl.arange(0, BF)
-        x = tl.load(p_ptr + rows[:, None].to(tl.int64) * stride + cols[None, :])
+        x = tl.load(p_ptr + rows[:, None].to(tl.int64) * stride + cols[None, :]).to(tl.float32)
         n += tl.sum((x > thr).to(tl.int32), axis=1)
     tl.store(out_ptr + rows, n)
 
+
 def t(fn, reps=20, n=10):
-    fn(); torch.cuda.synchronize()
+    fn()
+    torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         for _ in range(n):
             fn()
-    g.replay(); torch.cuda.synchronize()
+    g.replay()
+    torch.cuda.synchronize()
     xs = []
     for _ in range(reps):
         s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-        s.record(); g.replay(); e.record(); torch.cuda.synchronize(); xs.append(s.elapsed_time(e) * 1e3 / n)
+        s.record()
+        g.replay()
+        e.record()
+        torch.cuda.synchronize()
+        xs.append(s.elapsed_time(e) * 1e3 / n)
     return statistics.median(xs)
 
-print("bare read+count [1024 x 4096] fp32:", {f"BT={bt},BF={bf}": round(t(lambda: _read[(tc // bt,)](P, cnt, fc, fc, 2.0, BT=bt, BF=bf, num_warps=4)), 1) for bt, bf in [(4, 512), (1, 4096), (8, 1024)]})
-for sel in [(4, 512, 1024, 512, 4), (2, 1024, 1024, 512, 4), (4, 512, 2048, 512, 8), (8, 512, 1024, 512, 8), (4, 512, 512, 512, 4)]:
-    bt, bf, bf0, cp, warps = sel
-    pend = torch.empty(tc, cp, device="cuda", dtype=torch.int64)
-    def launch(first, last, f0):
-        M._gemm_select_kernel[(tc // bt,)](P, b, run, pend, cnt, v, i, tc, fc, f0, k, fc, v.stride(0), i.stride(0),
-                                           FIRST=first, LAST=last, SORT_NET=True, BT=bt, BF=bf, BF0=bf0, KW=kw, CP=cp, num_warps=warps)
-    first = t(lambda: launch(True, False, 0))
-    mid1 = t(lambda: (launch(True, False, 0), launch(False, False, 4096)))  # second chunk after the first
-    # a late chunk: run holds the top of 15 chunks already -> few beats. emulate by raising P's copy
-    launch(True, False, 0)
-    P2 = P - 1.0  # later chunk with lower values: almost nothing beats
-    def late():
-        M._gemm_select_kernel[(tc // bt,)](P2, b, run, pend, cnt, v, i, tc, fc, 8192, k, fc, v.stride(0), i.stride(0),
-                                           FIRST=False, LAST=False, SORT_NET=True, BT=bt, BF=bf, BF0=bf0, KW=kw, CP=cp, num_warps=warps)
-    print(f"select {sel}: first chunk {first:.1f} us, first+second {mid1:.1f} us, a chunk with ~no beats {t(late):.1f} us", flush=True)
+
+def rounding_check():
+    """addmm(b, x, W) in bf16 against the float32 product plus bias rounded once / twice."""
+    x = torch.randn(1024, 4096, device="cuda").bfloat16()
+    W = (torch.randn(4096, 4096, device="cuda") / 64).bfloat16()
+    b = (torch.randn(4096, device="cuda") * 0.1).bfloat16()
+    got = torch.addmm(b, x, W)
+    acc = torch.mm(x, W, out_dtype=torch.float32)
+    once = (acc + b.float()).bfloat16()
+    twice = (acc.bfloat16().float() + b.float()).bfloat16()
+    n = got.numel()
+    print(f"addmm bf16 vs fp32 product + bias rounded once: {int((got != once).sum())} of {n} differ; "
+          f"vs rounded twice: {int((got != twice).sum())}", flush=True)
+
+
+def main(ncu=False):
+    P32 = torch.randn(tc, fc, device="cuda") * 0.5
+    b = (torch.randn(F, device="cuda") * 0.1).to(torch.bfloat16)
+    P16 = (P32 + b[:fc].float()).bfloat16()
+    run = torch.empty(tc, kw, device="cuda", dtype=torch.int64)
+    cnt = torch.empty(tc, device="cuda", dtype=torch.int32)
+    v = torch.empty(tc, k, device="cuda", dtype=torch.bfloat16)
+    i = torch.empty(tc, k, device="cuda", dtype=torch.int64)
+    if not ncu:
+        rounding_check()
+        print("bare read+count [1024 x 4096]:", {f"{p.dtype} BT={bt},BF={bf}": round(t(
+            lambda p=p, bt=bt, bf=bf: _read[(tc // bt,)](p, cnt, fc, fc, 2.0, BT=bt, BF=bf, num_warps=4)), 1)
+            for p in (P32, P16) for bt, bf in [(1, 4096), (2, 1024), (8, 1024)]}, flush=True)
+    sels = [(2, 1024, 4096, 512, 4), (2, 1024, 4096, 512, 8), (4, 1024, 4096, 512, 4), (1, 4096, 4096, 512, 8),
+            (2, 2048, 4096, 512, 8), (8, 512, 4096, 512, 8)]
+    for P, pre, name in [(P16, -1, "bf16 chunk"), (P32, 1, "fp32 chunk")]:
+        for sel in sels[:2] if ncu else sels:
+            bt, bf, bf0, cp, warps = sel
+            pend = torch.empty(tc, cp, device="cuda", dtype=torch.int64)
+
+            def launch(first, p, f0, bt=bt, bf=bf, bf0=bf0, cp=cp, warps=warps, pend=pend, pre=pre):
+                rows = 1 if first else bt
+                M._gemm_select_kernel[(tc // rows,)](
+                    p, b, run, pend, cnt, v, i, tc, fc, f0, k, fc, v.stride(0), i.stride(0),
+                    FIRST=first, LAST=False, SORT_NET=True, PRE=pre, SHIFT=16, BT=rows, BF=bf, BF0=bf0, KW=kw, CP=cp,
+                    num_warps=warps)
+            low = P - 1.0  # a later chunk with lower values: almost nothing beats the lists
+            if ncu:
+                for _ in range(2):
+                    launch(True, P, 0)
+                    launch(False, P, 4096)
+                    launch(False, low, 8192)
+                torch.cuda.synchronize()
+                continue
+            first = t(lambda: launch(True, P, 0))
+            two = t(lambda: (launch(True, P, 0), launch(False, P, 4096)))
+            launch(True, P, 0)
+            late = t(lambda: launch(False, low, 8192))
+            print(f"{name} select {sel}: first chunk {first:.1f} us, first+second {two:.1f} us, "
+                  f"a chunk with ~no beats {late:.1f} us", flush=True)
+
+
+if __name__ == "__main__":
+    main("--ncu" in sys.argv)

@@ -60,6 +60,22 @@ def _unpack(key):
 
 
 @triton.jit
+def _rounded(pre, RND: tl.constexpr):
+    """TopK compares pre-activations rounded to the output dtype (RND 1: bfloat16, 2: float16,
+    0: float32), so that its order is the order of the values it returns."""
+    if RND == 1:
+        pre = pre.to(tl.bfloat16).to(tl.float32)
+    elif RND == 2:
+        pre = pre.to(tl.float16).to(tl.float32)
+    return pre
+
+
+def rnd_code(dtype) -> int:
+    """_rounded's RND for TopK values of this dtype."""
+    return {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0)
+
+
+@triton.jit
 def _merge_sorted(run, top):
     """run, top: [BT, KW] keys sorted descending -> the KW largest of both, sorted descending."""
     return tl.bitonic_merge(tl.maximum(run, tl.flip(top, 1)), descending=True)
@@ -88,7 +104,7 @@ def _rank_merge(run, tile):
 def _encode_kernel(x_ptr, w_ptr, b_enc_ptr, b_dec_ptr, thr_ptr, keys_ptr, cnt_ptr,
                    T, d, F, f_per_slice, stride_xt, stride_wk, stride_wf,
                    HAS_B_DEC: tl.constexpr, JUMP: tl.constexpr, IEEE: tl.constexpr, SORT_NET: tl.constexpr,
-                   BT: tl.constexpr, BF: tl.constexpr, BK: tl.constexpr, KW: tl.constexpr):
+                   RND: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, BK: tl.constexpr, KW: tl.constexpr):
     s = tl.program_id(1)
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     row_ok = rows < T
@@ -114,7 +130,7 @@ def _encode_kernel(x_ptr, w_ptr, b_enc_ptr, b_dec_ptr, thr_ptr, keys_ptr, cnt_pt
                 acc = tl.dot(xt.to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
             else:
                 acc = tl.dot(xt.to(wt.dtype), wt, acc)
-        pre = acc + tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        pre = _rounded(acc + tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :], RND)
         keep = col_ok[None, :] & row_ok[:, None]
         if JUMP:
             thr = tl.load(thr_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
@@ -232,7 +248,8 @@ def encode_select(x, W_enc, b_enc, b_dec, threshold, k, values, indices, counts=
     _encode_kernel[(triton.cdiv(T, bt), S)](
         x, W_enc, b_enc, b_dec if b_dec is not None else dummy, threshold if jump else dummy, keys, cnt,
         T, d, F, f_per, x.stride(0), W_enc.stride(0), W_enc.stride(1),
-        HAS_B_DEC=b_dec is not None, JUMP=jump, IEEE=ieee, SORT_NET=not interpreting(), BT=bt, BF=bf, BK=bk, KW=kw, num_warps=warps)
+        HAS_B_DEC=b_dec is not None, JUMP=jump, IEEE=ieee, SORT_NET=not interpreting(),
+        RND=0 if jump else rnd_code(values.dtype), BT=bt, BF=bf, BK=bk, KW=kw, num_warps=warps)
     mbt = 16 if kw >= 128 else 32
     _merge_kernel[(triton.cdiv(T, mbt),)](
         keys, cnt, values, indices, counts if jump else indices, overflow if jump else indices,
@@ -274,7 +291,7 @@ MODE_STORE, MODE_APPEND, MODE_MATMUL, MODE_APPEND_STORED = 0, 1, 2, 3
 def _candidate_kernel(x_ptr, w_ptr, b_enc_ptr, theta_ptr, pre_ptr, cand_v_ptr, cand_i_ptr, cnt_ptr,
                       T, d, F0, NF, C, stride_xt, stride_wk, stride_wf, stride_pt,
                       MODE: tl.constexpr, JUMP: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr,
-                      ATOMIC_APPEND: tl.constexpr, TMA: tl.constexpr,
+                      ATOMIC_APPEND: tl.constexpr, TMA: tl.constexpr, RND: tl.constexpr,
                       BT: tl.constexpr, BF: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr):
     """Tiles of pre = x @ W_enc[:, F0:F0+NF] + b_enc over the launch's NF features. TMA: x_ptr
     and w_ptr are tensor descriptors ([BT, BK] and [BK, BF] blocks, zero outside the tensors)."""
@@ -325,7 +342,7 @@ def _candidate_kernel(x_ptr, w_ptr, b_enc_ptr, theta_ptr, pre_ptr, cand_v_ptr, c
     if MODE == 3:  # the stored sample, appended like the rest
         pre = tl.load(pre_ptr + rows.to(tl.int64)[:, None] * stride_pt + lcols[None, :], mask=ok, other=0.0)
     else:
-        pre = acc + tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        pre = _rounded(acc + tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :], RND)
     if MODE == 0:  # the sample: store it
         tl.store(pre_ptr + rows.to(tl.int64)[:, None] * stride_pt + lcols[None, :], pre, mask=ok)
     elif MODE == 2:  # the bare matmul: keep one value per row so the product is not dead code
@@ -429,7 +446,7 @@ def candidate_config(T: int, d: int, F: int, k: int, jump: bool, capacity=None, 
     return n_s, capacity, chunk, tiles
 
 
-def _launch(xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, F0, NF, C, mode, jump, tiles):
+def _launch(xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, F0, NF, C, mode, jump, tiles, rnd=0):
     T, d = xs.shape
     bt, bf, bk, group, warps, stages, atomic = tiles[:7]
     grid = (triton.cdiv(T, bt) * triton.cdiv(NF, bf),)
@@ -444,7 +461,7 @@ def _launch(xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, F0, NF, C, mode, 
         x_arg, w_arg, b_enc, theta, pre, cand_v, cand_i, cnt, T, d, F0, NF, C,
         xs.stride(0), W_enc.stride(0), W_enc.stride(1), pre.stride(0), MODE=mode, JUMP=jump,
         IEEE=torch.float32 in (xs.dtype, W_enc.dtype), EVEN_K=d % bk == 0, ATOMIC_APPEND=atomic, TMA=bool(tma),
-        BT=bt, BF=bf, BK=bk, GROUP=group, num_warps=warps, num_stages=stages)
+        RND=rnd, BT=bt, BF=bf, BK=bk, GROUP=group, num_warps=warps, num_stages=stages)
 
 
 def _tma_ok(xs, W_enc) -> bool:
@@ -490,13 +507,14 @@ def _chunk(x, W_enc, b_enc, b_dec, threshold, k, n_s, C, tiles, values, indices,
     if jump:
         _launch(xs, W_enc, b_enc, threshold, cand_v, cand_v, cand_i, cnt, 0, F, C, MODE_APPEND, True, tiles)
     else:
-        pre = buf["pre"][:T]
-        _launch(xs, W_enc, b_enc, b_enc, pre, cand_v, cand_i, b_enc, 0, n_s, C, MODE_STORE, False, tiles)
+        pre, rnd = buf["pre"][:T], rnd_code(values.dtype)
+        _launch(xs, W_enc, b_enc, b_enc, pre, cand_v, cand_i, b_enc, 0, n_s, C, MODE_STORE, False, tiles, rnd)
         theta = torch.topk(pre, k, dim=1, sorted=False).values.amin(dim=1)  # the sample's k-th largest
         # the sample's entries >= theta: its top k and every entry tied with the k-th
-        _launch(xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, 0, n_s, C, MODE_APPEND_STORED, False, tiles)
+        _launch(xs, W_enc, b_enc, theta, pre, cand_v, cand_i, cnt, 0, n_s, C, MODE_APPEND_STORED, False, tiles, rnd)
         if n_s < F:
-            _launch(xs, W_enc, b_enc, theta, cand_v, cand_v, cand_i, cnt, n_s, F - n_s, C, MODE_APPEND, False, tiles)
+            _launch(xs, W_enc, b_enc, theta, cand_v, cand_v, cand_i, cnt, n_s, F - n_s, C, MODE_APPEND, False, tiles,
+                    rnd)
     torch.gt(cnt, C, out=bad)
     kw = max(16, triton.next_power_of_2(k))
     sbt = 4 if kw >= 128 else 8
@@ -582,19 +600,59 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
 # ---------------------------------------------------------------------------------------------
 
 GEMM_MIN_T = 1024  # below it the candidate path (chunks of the product would be host-bound)
-GEMM_SELECT = (2, 1024, 1024, 512, 4)  # the selection's rows per program, tile widths (first chunk: BF0), pending slots, warps
+# the selection's rows per program (first chunk of features: one), tile width, the first chunk's
+# tile width (the whole chunk), pending slots, warps
+GEMM_SELECT = (2, 1024, 4096, 512, 4)
 
 
 @triton.jit
-def _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, BF: tl.constexpr):
-    """Columns c0..c0+BF of a chunk: (pre-activations [BT, BF] with b_enc, feature indices
-    [1, BF], in-bounds mask)."""
+def _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE: tl.constexpr, BF: tl.constexpr):
+    """Columns c0..c0+BF of a chunk: (pre-activations [BT, BF] in float32, feature indices
+    [1, BF], in-bounds mask). PRE -1: the chunk holds them (b_enc added, rounded: the 16-bit
+    product); else the chunk is the float32 product: b_enc is added, then _rounded(., PRE)."""
     cols = c0 + tl.arange(0, BF)
     col_ok = cols < NF
     ok = row_ok[:, None] & col_ok[None, :]
-    pre = tl.load(p_ptr + r64[:, None] * stride_pt + cols[None, :], mask=ok, other=0.0)
-    pre += tl.load(b_enc_ptr + F0 + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    pre = tl.load(p_ptr + r64[:, None] * stride_pt + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    if PRE >= 0:
+        pre = _rounded(pre + tl.load(b_enc_ptr + F0 + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :], PRE)
     return pre, F0 + cols[None, :], ok
+
+
+@triton.jit
+def _top_lists(pre, f, ok, pend_ptr, r64, row_ok, CP: tl.constexpr, KW: tl.constexpr, SHIFT: tl.constexpr,
+               SORT_NET: tl.constexpr):
+    """The KW largest keys of each row of a tile, sorted descending (MIN_KEY after a row's valid
+    entries when it has fewer), without sorting the tile: the KW-th largest value by bisection
+    on its order-preserving bits (32 - SHIFT steps of one compare and one sum per entry; SHIFT:
+    the low bits that values rounded to 16 bits leave constant), then the entries above it and
+    the lowest-index ones equal to it go to the row's pending slots, and one sort of KW keys."""
+    BT: tl.constexpr = pre.shape[0]
+    bits = pre.to(tl.int32, bitcast=True)
+    v = (bits ^ ((bits >> 31) & 0x7FFFFFFF)) >> SHIFT  # order-preserving, equal values equal
+    want = tl.minimum(tl.sum(ok.to(tl.int32), axis=1), KW)
+    lo = tl.full([BT], -2147483648, tl.int64) >> SHIFT  # count(v >= lo) >= want
+    hi = tl.full([BT], 2147483648, tl.int64) >> SHIFT  # count(v >= hi) < want (when want > 0)
+    for _ in tl.static_range(32 - SHIFT):
+        mid = (lo + hi) >> 1
+        c = tl.sum((ok & (v >= mid.to(tl.int32)[:, None])).to(tl.int32), axis=1)
+        lo = tl.where(c >= want, mid, lo)
+        hi = tl.where(c >= want, hi, mid)
+    t = lo.to(tl.int32)[:, None]  # the KW-th largest value (as v)
+    gt = ok & (v > t)
+    eq = ok & (v == t)
+    need = want - tl.sum(gt.to(tl.int32), axis=1)
+    sel = gt | (eq & (tl.cumsum(eq.to(tl.int32), axis=1) <= need[:, None]))  # equal: lower index first
+    pos = tl.cumsum(sel.to(tl.int32), axis=1) - 1
+    tl.store(pend_ptr + r64[:, None] * CP + pos, _pack(pre, f), mask=sel)
+    tl.debug_barrier()  # the stores of every thread are visible
+    kc = tl.arange(0, KW)
+    part = tl.load(pend_ptr + r64[:, None] * CP + kc[None, :], mask=row_ok[:, None] & (kc[None, :] < want[:, None]),
+                   other=MIN_KEY)
+    tl.debug_barrier()  # read before the slots are reused
+    if SORT_NET:
+        return tl.sort(part, dim=1, descending=True)
+    return _rank_merge(tl.full([BT, KW], MIN_KEY, tl.int64), part)
 
 
 @triton.jit
@@ -617,7 +675,7 @@ def _flush(run, pend_ptr, r64, row_ok, n, CP: tl.constexpr, SORT_NET: tl.constex
 
 @triton.jit
 def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
-          CP: tl.constexpr, SORT_NET: tl.constexpr, BF: tl.constexpr):
+          CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
     """A chunk's pre-activations (P[rows, C0:NF] + b_enc[F0 + C0:]) merged into the running lists."""
     BT: tl.constexpr = run.shape[0]
     theta = tl.min(run, axis=1)  # the KW-th largest key so far
@@ -625,7 +683,7 @@ def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
     open_ = theta == MIN_KEY  # fewer than KW keys yet: everything beats it
     n = tl.zeros([BT], tl.int32)  # pending keys per row
     for c0 in range(C0, NF, BF):
-        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, BF)
+        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
         maybe = ok & ((pre >= tv[:, None]) | open_[:, None])  # by value: a superset of the keys that beat
         if tl.max(tl.max(maybe.to(tl.int32), axis=1), axis=0) > 0:  # most tiles after the first chunk: none
             key = tl.where(maybe, _pack(pre, f), MIN_KEY)
@@ -649,7 +707,7 @@ def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
 
 @triton.jit
 def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
-            CP: tl.constexpr, BF: tl.constexpr):
+            CP: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
     """The fast scan of a chunk after the first: each key that beats its row's theta takes a
     pending slot by an atomic on the row's count (no barrier, no scan in the loop). Returns the
     counts (a count over CP: slots were missing, and the caller rescans with _scan)."""
@@ -658,7 +716,7 @@ def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF,
     tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
     tl.debug_barrier()
     for c0 in range(C0, NF, BF):
-        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, BF)
+        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
         key = _pack(pre, f)
         beat = ok & (key > theta[:, None])
         slot = tl.atomic_add(cnt_ptr + rows[:, None] + 0 * f, 1, mask=beat, sem="relaxed")
@@ -669,12 +727,12 @@ def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF,
 
 @triton.jit
 def _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
-                CP: tl.constexpr, SORT_NET: tl.constexpr, BF: tl.constexpr):
+                CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
     """Columns C0..NF of a chunk into non-empty running lists: _append, then one merge; a row
     short of pending slots (rare): _scan instead."""
-    n = _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt, CP, BF)
+    n = _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt, CP, PRE, BF)
     if tl.max(n, axis=0) > CP:  # rescan in tiles that fit the pending slots
-        run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt, CP, SORT_NET, CP)
+        run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt, CP, SORT_NET, PRE, CP)
     elif tl.max(n, axis=0) > 0:
         run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
     return run
@@ -686,27 +744,25 @@ def _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0,
             do_not_specialize_on_alignment=["val_ptr", "idx_ptr"])
 def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, idx_ptr, T, NF, F0, k,
                         stride_pt, stride_vt, stride_it,
-                        FIRST: tl.constexpr, LAST: tl.constexpr, SORT_NET: tl.constexpr,
-                        BT: tl.constexpr, BF: tl.constexpr, BF0: tl.constexpr, KW: tl.constexpr, CP: tl.constexpr):
-    """Rows of one chunk: pre = P[t, :NF] + b_enc[F0:F0+NF] merged into run[t] (see above).
-    The first chunk starts the lists with the top KW of its first BF0 columns."""
+                        FIRST: tl.constexpr, LAST: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr,
+                        SHIFT: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, BF0: tl.constexpr, KW: tl.constexpr,
+                        CP: tl.constexpr):
+    """Rows of one chunk: its pre-activations (_chunk_tile) merged into run[t] (see above).
+    The first chunk starts the lists with the top KW of its first BF0 columns (_top_lists)."""
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     row_ok = rows < T
     r64 = rows.to(tl.int64)
     kcols = tl.arange(0, KW)
-    if FIRST:  # the empty lists: the sort network's top KW of the first BF0 columns sets theta
-        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, 0, NF, F0, stride_pt, BF0)
-        key = tl.where(ok, _pack(pre, f), MIN_KEY)
-        if SORT_NET:
-            run = tl.topk(key, KW, dim=1)
-        else:
-            run = _rank_merge(tl.full([BT, KW], MIN_KEY, tl.int64), key)
-        run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, BF0, NF, F0, stride_pt,
-                          CP, SORT_NET, BF)
+    if FIRST:  # the empty lists: the top KW of the first BF0 columns sets theta
+        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, 0, NF, F0, stride_pt, PRE, BF0)
+        run = _top_lists(pre, f, ok, pend_ptr, r64, row_ok, CP, KW, SHIFT, SORT_NET)
+        if NF > BF0:
+            run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, BF0, NF, F0, stride_pt,
+                              CP, SORT_NET, PRE, BF)
     else:
         run = tl.load(run_ptr + r64[:, None] * KW + kcols[None, :], mask=row_ok[:, None], other=MIN_KEY)
         run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, 0, NF, F0, stride_pt,
-                          CP, SORT_NET, BF)
+                          CP, SORT_NET, PRE, BF)
     if LAST:
         _store_selection(run, row_ok.to(tl.int32), rows, row_ok, kcols, k, val_ptr, idx_ptr, val_ptr, val_ptr,
                          stride_vt, stride_it, False)
@@ -714,8 +770,9 @@ def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, i
         tl.store(run_ptr + r64[:, None] * KW + kcols[None, :], run, mask=row_ok[:, None])
 
 
-def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget=None):
-    """(Tc, Fc, (BT, BF, BF0, CP, num_warps)): chunks of the product and the selection's tiles.
+def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget=None, esize=2):
+    """(Tc, Fc, (BT, BF, BF0, CP, num_warps)): chunks of the product (``esize`` bytes per entry:
+    2 for the 16-bit product, 4 for float32) and the selection's tiles.
 
     The largest chunk within the budget, Tc a power of two from 128 rows, Fc one of 4096 ... 64
     features (the wider on a tie): cuBLAS ran at 1.08-1.15x its whole-product time on chunks of
@@ -734,20 +791,33 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
     for w in (4096, 2048, 1024, 512, 256, 128, 64):  # widest first: it keeps ties
         w = min(w, F)
         rows = 128
-        while rows < T and 2 * rows * (w * 4 + per_row) <= budget:
+        while rows < T and 2 * rows * (w * esize + per_row) <= budget:
             rows *= 2
-        if rows * (w * 4 + per_row) <= budget and min(rows, T) * w > area:
+        if rows * (w * esize + per_row) <= budget and min(rows, T) * w > area:
             tc, fc, area = rows, w, min(rows, T) * w
     bf, bf0 = min(bf, triton.next_power_of_2(fc)), max(kw, min(bf0, triton.next_power_of_2(fc)))
     return min(tc, T), fc, (bt, bf, bf0, cp, warps)
 
 
-def _mm_f32(a, b, out):
-    """out (float32) = a @ b with products in a's dtype and fp32 accumulation."""
-    if a.dtype == torch.float32 or not a.is_cuda:
+def _product(a, b, bias, out):
+    """out = a @ b with products in a's dtype and fp32 accumulation: float32 ``out``, or (``bias``
+    given) a 16-bit ``out`` = a @ b + bias rounded once (cuBLAS adds the bias in its fp32 epilogue;
+    the CPU rounds the float32 sum)."""
+    if bias is not None:
+        if a.is_cuda:
+            torch.addmm(bias, a, b, out=out)
+        else:
+            out.copy_(torch.addmm(bias.float(), a.float(), b.float()))
+    elif a.dtype == torch.float32 or not a.is_cuda:
         torch.mm(a.float(), b.float(), out=out)  # 16-bit products are exact in fp32
     else:
         torch.mm(a, b, out_dtype=torch.float32, out=out)
+
+
+def product16(x, W_enc, b_enc) -> bool:
+    """The GEMM path writes the 16-bit product with the bias (half the bytes of float32, and the
+    values TopK compares) when x, W_enc and b_enc share a 16-bit dtype."""
+    return x.dtype in (torch.float16, torch.bfloat16) and W_enc.dtype == b_enc.dtype == x.dtype
 
 
 def gemm_ok(x, W_enc) -> bool:
@@ -765,11 +835,18 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
     if T == 0:
         return
     kw = max(16, triton.next_power_of_2(k))
-    tc, fc, (bt, bf, bf0, cp, warps) = gemm_config(T, d, F, k, _shifted_bytes(x, W_enc, b_dec), x.device, budget)
+    p16 = product16(x, W_enc, b_enc)
+    tc, fc, (bt, bf, bf0, cp, warps) = gemm_config(T, d, F, k, _shifted_bytes(x, W_enc, b_dec), x.device, budget,
+                                                   2 if p16 else 4)
     if chunks is not None:
         tc, fc = chunks
+        bf0 = max(kw, min(bf0, triton.next_power_of_2(fc)))
+    rnd = rnd_code(values.dtype)
+    pre_code = -1 if p16 else rnd  # what _chunk_tile does to the chunk's entries
+    shift = {0: 0, 1: 16, 2: 13}[rnd]  # low bits of the compared values' float32 bits that are constant
+    bt_first = bt if interpreting() else 1  # the first chunk's programs: one row over the whole chunk
     dev = x.device
-    P = torch.empty((tc * fc,), device=dev, dtype=torch.float32)
+    P = torch.empty((tc * fc,), device=dev, dtype=x.dtype if p16 else torch.float32)
     run = torch.empty((tc, kw), device=dev, dtype=torch.int64)
     pend = torch.empty((tc, cp), device=dev, dtype=torch.int64)
     cnt = torch.empty((tc,), device=dev, dtype=torch.int32)
@@ -779,14 +856,14 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
         t1 = min(T, t0 + tc)
         xs = _shifted(x[t0:t1], W_enc, b_dec)
         v, i = values[t0:t1], indices[t0:t1]
-        grid = (triton.cdiv(t1 - t0, bt),)
         for f0 in range(0, F, fc):
             f1 = min(F, f0 + fc)
             p = P[:(t1 - t0) * (f1 - f0)].view(t1 - t0, f1 - f0)
-            _mm_f32(xs, W_enc[:, f0:f1], p)
+            _product(xs, W_enc[:, f0:f1], b_enc[f0:f1] if p16 else None, p)
             key = (f0 == 0, f1 == F, f1 - f0)
             args = (p, b_enc, run, pend, cnt, v, i, t1 - t0, f1 - f0, f0, k, f1 - f0, v.stride(0), i.stride(0),
-                    key[0], key[1], sort_net, bt, bf, bf0, kw, cp)
+                    key[0], key[1], sort_net, pre_code, shift, bt_first if key[0] else bt, bf, bf0, kw, cp)
+            grid = (triton.cdiv(t1 - t0, args[-5]),)
             r = repeats.get(key)
             if r is None or not r(grid, args):
                 compiled = _gemm_select_kernel[grid](*args, num_warps=warps)

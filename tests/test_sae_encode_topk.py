@@ -41,6 +41,34 @@ def test_ties_lower_index_first(backend, T, F, k):
     assert bool(((kept[:, 1:] < kept[:, :-1]) | ((kept[:, 1:] == kept[:, :-1]) & (i[:, 1:] > i[:, :-1]))).all())
 
 
+@pytest.mark.parametrize("path", ["running", "candidates", "gemm", "gemm-fp32-bias"])
+def test_selection_compares_values_rounded_to_the_output_dtype(path):
+    """float16: pre-activations 5000 +- small integers are exact in float32 but several round to
+    the same float16 (spacing 4 there); the order is that of the float16 values, equal ones by
+    lower index, as the values returned show. (float16: the interpreter converts it right.)"""
+    import steerkit.kernels as K
+
+    T, d, F, k = 9, 12, 300, 40
+    g = torch.Generator().manual_seed(3)
+    W = torch.randint(-3, 4, (d, F), generator=g).float()
+    W[0] = 5000.0
+    x = torch.randint(-2, 3, (T, d), generator=g).float()
+    x[:, 0] = 1.0
+    x16, W16, b16 = x.half().to(DEVICE), W.half().to(DEVICE), torch.zeros(F, dtype=torch.float16, device=DEVICE)
+    rv, ri = R.sae_encode_topk(x16, W16, b16, k)
+    assert not torch.equal(ri, R._sorted_desc(x16.float() @ W16.float(), k)[1])  # float32 order differs
+    kept = (x16.float() @ W16.float()).half().gather(1, ri)
+    assert bool(((kept[:, 1:] < kept[:, :-1]) | ((kept[:, 1:] == kept[:, :-1]) & (ri[:, 1:] > ri[:, :-1]))).all())
+    v = torch.empty(T, k, device=DEVICE, dtype=torch.float16)
+    i = torch.empty(T, k, device=DEVICE, dtype=torch.int64)
+    if path.startswith("gemm"):  # float32 b_enc: the float32 product, rounded in the selection kernel
+        b = b16.float() if path == "gemm-fp32-bias" else b16
+        K.sae_encode_topk(x16, W16, b, None, k, v, i, chunks=(4, 64))
+    else:
+        K.sae_encode_topk(x16, W16, b16, None, k, v, i, path=path)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+
+
 @pytest.mark.parametrize("slices", [1, 2, 5])
 def test_slices_agree(slices):
     """The kernel's result does not depend on how F is split across programs."""
@@ -243,8 +271,10 @@ def test_gemm_is_the_default_from_gemm_min_t():
     assert M.topk_path(x, W) == "gemm"
     assert M.topk_path(x[: M.GEMM_MIN_T - 1], W) == M.default_path(M.GEMM_MIN_T - 1) == "candidates"
     assert M.topk_path(x[:M.SMALL_T], W) == "running"
-    (tc, fc), budget = M.gemm_config(4096, 4096, 65536, 64, 0, torch.device("cpu"))[:2], 0.05 * 2 * 4096 * 65536
-    assert tc * fc * 4 < budget and tc >= 512
+    budget = 0.05 * 2 * 4096 * 65536
+    for esize in (2, 4):  # the 16-bit product, float32
+        tc, fc = M.gemm_config(4096, 4096, 65536, 64, 0, torch.device("cpu"), esize=esize)[:2]
+        assert tc * fc * esize < budget and tc * fc * esize >= 8 << 20
 
 
 @pytest.mark.parametrize("ascending", [True, False])

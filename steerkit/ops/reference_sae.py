@@ -44,8 +44,11 @@ def _sorted_desc(v: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
 def sae_encode_topk(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
                     b_dec: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """TopK encode: ``(values [T, k] in x's dtype, indices [T, k] int64)``: the k largest
-    pre-activations of each row (largest first, ties by lower index), then ReLU."""
-    vals, idx = _sorted_desc(pre_activation(x, W_enc, b_enc, b_dec), k)
+    pre-activations of each row (largest first, ties by lower index), then ReLU. The
+    pre-activations are rounded to x's dtype (once, from float32) before they are compared, so
+    the order is that of the values returned: equal values come by lower index."""
+    pre = pre_activation(x, W_enc, b_enc, b_dec).to(x.dtype).float()
+    vals, idx = _sorted_desc(pre, k)
     return vals.clamp_min(0).to(x.dtype), idx
 
 
