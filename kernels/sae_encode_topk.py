@@ -582,27 +582,30 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
 
 # ---------------------------------------------------------------------------------------------
 # GEMM path (the default for T >= GEMM_MIN_T): the matrix product by cuBLAS, in chunks of
-# [Tc rows, Fc features] written in float32 (bf16/fp16 products accumulated in fp32, as the
-# fused kernels do; fp32 inputs: fp32 products), each chunk then reduced by _gemm_select_kernel
-# into per-row running top-KW lists (sorted keys, as in the running-list kernels):
-# - the first chunk of features: the sort network's top KW of its first BF0 columns starts the
-#   lists; then, as for the other chunks:
-# - each key above its row's theta (the KW-th largest key so far) takes a slot of
-#   the row's pending list by an atomic (_append), then one merge raises theta. About
-#   KW * Fc / (features seen) keys per row beat it, so this is mostly one compare per entry.
-#   A row with more than CP such keys in a chunk (rising biases, say) rescans the chunk with
-#   merges whenever its pending list fills (_scan).
+# [Tc rows, Fc features], each chunk then reduced by _gemm_select_kernel into per-row running
+# top-KW lists (sorted keys, as in the running-list kernels). When x, W_enc and b_enc share a
+# 16-bit dtype the chunk is addmm's 16-bit product with the bias (fp32 accumulation, bias added
+# in the epilogue, one rounding: the values TopK compares, in half the bytes); otherwise the
+# float32 product, the bias added and the sum rounded by the selection kernel.
+# - The first chunk of features: each row's top KW by bisection on the values' bits
+#   (_top_lists; no sort of the chunk).
+# - Every chunk (one tile of the whole chunk per program): one compare per entry against the
+#   row's KW-th key; a tile with nothing above it (most, after the first few chunks) is done.
+#   Otherwise the keys above it go to the row's pending slots in column order, then into the
+#   list by ranks (up to INSERT_MAX per row: _insert) or by sorted merges (_flush). About
+#   KW * Fc / (features seen) keys per row beat it. A row with more than CP in a chunk (rising
+#   biases, say) rescans the chunk with merges whenever its slots fill (_scan).
 # Exact for every row: no key that could be in the top KW is dropped; no fallback, no host
-# sync (graph safe). Extra memory: the chunk (Tc * Fc * 4 bytes), per row of a chunk the lists
-# ((KW + CP) * 8 + 4) and x - b_dec (d * 2, when b_dec is given): under 5% of the bf16 [T, F]
-# matrix. Floor: the bare product. On the H100 the chunks' products take about the time of one
-# whole product; the selection adds 40-70% at d = 4096, F = 65536 (docs/sae_ops.md).
+# sync (graph safe). Extra memory: the chunk (Tc * Fc * 2 or 4 bytes), per row of a chunk the
+# lists ((KW + CP) * 8) and x - b_dec (d * 2, when b_dec is given): under 5% of the bf16 [T, F]
+# matrix. Floor: the bare product (docs/sae_ops.md has the H100 numbers).
 # ---------------------------------------------------------------------------------------------
 
 GEMM_MIN_T = 1024  # below it the candidate path (chunks of the product would be host-bound)
-# the selection's rows per program (first chunk of features: one), tile width, the first chunk's
-# tile width (the whole chunk), pending slots, warps
-GEMM_SELECT = (2, 1024, 4096, 512, 4)
+# the selection's rows per program, tile width, the first chunk's tile width (both: the whole
+# chunk), pending slots, warps
+GEMM_SELECT = (1, 4096, 4096, 512, 8)
+INSERT_MAX = 32  # pending keys per row merged by ranks (_insert); more: sorted merges
 
 
 @triton.jit
@@ -674,67 +677,80 @@ def _flush(run, pend_ptr, r64, row_ok, n, CP: tl.constexpr, SORT_NET: tl.constex
 
 
 @triton.jit
+def _insert(run, pend_ptr, run_ptr, r64, row_ok, n, CP: tl.constexpr, MR: tl.constexpr):
+    """Merge each row's n <= MR pending keys into its sorted list by ranks, no sort: an entry's
+    place in the new list is the number of entries of both that are larger; each goes straight
+    there in run[row] (those ranked KW or lower drop out), and the list is read back."""
+    KW: tl.constexpr = run.shape[1]
+    kc = tl.arange(0, KW)
+    j = tl.arange(0, MR)
+    tl.debug_barrier()  # the pending stores are visible, and every earlier read of run[row] is done
+    part = tl.load(pend_ptr + r64[:, None] * CP + j[None, :], mask=row_ok[:, None] & (j[None, :] < n[:, None]),
+                   other=MIN_KEY)
+    r_run = kc[None, :] + tl.sum((part[:, None, :] > run[:, :, None]).to(tl.int32), axis=2)
+    r_part = (tl.sum((run[:, None, :] > part[:, :, None]).to(tl.int32), axis=2)
+              + tl.sum((part[:, None, :] > part[:, :, None]).to(tl.int32), axis=2))
+    at = run_ptr + r64[:, None] * KW
+    tl.store(at + r_run, run, mask=row_ok[:, None] & (r_run < KW))
+    tl.store(at + r_part, part, mask=row_ok[:, None] & (part != MIN_KEY) & (r_part < KW))
+    tl.debug_barrier()  # the new lists are complete
+    return tl.load(at + kc[None, :], mask=row_ok[:, None], other=MIN_KEY)
+
+
+@triton.jit
 def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
           CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
-    """A chunk's pre-activations (P[rows, C0:NF] + b_enc[F0 + C0:]) merged into the running lists."""
+    """Columns C0..NF merged into the running lists in tiles of BF, merging the pending keys
+    whenever a row's slots would overflow (the rare path: a tile with more than CP keys above a
+    row's KW-th key, as with encoder biases rising along the features)."""
     BT: tl.constexpr = run.shape[0]
     theta = tl.min(run, axis=1)  # the KW-th largest key so far
-    tv, _ = _unpack(theta)
-    open_ = theta == MIN_KEY  # fewer than KW keys yet: everything beats it
     n = tl.zeros([BT], tl.int32)  # pending keys per row
     for c0 in range(C0, NF, BF):
         pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
-        maybe = ok & ((pre >= tv[:, None]) | open_[:, None])  # by value: a superset of the keys that beat
-        if tl.max(tl.max(maybe.to(tl.int32), axis=1), axis=0) > 0:  # most tiles after the first chunk: none
-            key = tl.where(maybe, _pack(pre, f), MIN_KEY)
+        key = tl.where(ok, _pack(pre, f), MIN_KEY)
+        beat = key > theta[:, None]
+        nb = tl.sum(beat.to(tl.int32), axis=1)
+        if tl.max(n + nb, axis=0) > CP:  # no room: merge the pending keys first (raises theta)
+            run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+            theta = tl.min(run, axis=1)
+            n = tl.zeros([BT], tl.int32)
             beat = key > theta[:, None]
             nb = tl.sum(beat.to(tl.int32), axis=1)
-            if tl.max(n + nb, axis=0) > CP:  # no room: merge the pending keys first (raises theta)
-                run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
-                theta = tl.min(run, axis=1)
-                tv, _ = _unpack(theta)
-                open_ = theta == MIN_KEY
-                n = tl.zeros([BT], tl.int32)
-                beat = key > theta[:, None]
-                nb = tl.sum(beat.to(tl.int32), axis=1)
-            pos = n[:, None] + tl.cumsum(beat.to(tl.int32), axis=1) - 1
-            tl.store(pend_ptr + r64[:, None] * CP + pos, key, mask=beat)
-            n += nb
+        pos = n[:, None] + tl.cumsum(beat.to(tl.int32), axis=1) - 1
+        tl.store(pend_ptr + r64[:, None] * CP + pos, key, mask=beat)
+        n += nb
     if tl.max(n, axis=0) > 0:
         run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
     return run
 
 
 @triton.jit
-def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
-            CP: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
-    """The fast scan of a chunk after the first: each key that beats its row's theta takes a
-    pending slot by an atomic on the row's count (no barrier, no scan in the loop). Returns the
-    counts (a count over CP: slots were missing, and the caller rescans with _scan)."""
-    BT: tl.constexpr = run.shape[0]
+def _merge_tile(run, p_ptr, b_enc_ptr, pend_ptr, run_ptr, r64, row_ok, c0, NF, F0, stride_pt,
+                CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr, MR: tl.constexpr):
+    """Columns c0..c0+BF of a chunk merged into the running lists. One compare per entry finds
+    the entries that may beat a row's KW-th key (by value); in most tiles after the first few
+    chunks there are none. Otherwise the keys that beat it go to the row's pending slots in
+    column order (a cumsum), then into the list by ranks (up to MR keys in every row) or by
+    sorted merges; more than CP in a row: _scan."""
+    pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
     theta = tl.min(run, axis=1)
-    tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
-    tl.debug_barrier()
-    for c0 in range(C0, NF, BF):
-        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
+    tv, _ = _unpack(theta)
+    maybe = ok & ((pre >= tv[:, None]) | (theta == MIN_KEY)[:, None])  # a superset of the keys that beat
+    if tl.max(tl.max(maybe.to(tl.int32), axis=1), axis=0) > 0:
         key = _pack(pre, f)
-        beat = ok & (key > theta[:, None])
-        slot = tl.atomic_add(cnt_ptr + rows[:, None] + 0 * f, 1, mask=beat, sem="relaxed")
-        tl.store(pend_ptr + r64[:, None] * CP + slot, key, mask=beat & (slot < CP))
-    tl.debug_barrier()
-    return tl.load(cnt_ptr + rows, mask=row_ok, other=0)
-
-
-@triton.jit
-def _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
-                CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
-    """Columns C0..NF of a chunk into non-empty running lists: _append, then one merge; a row
-    short of pending slots (rare): _scan instead."""
-    n = _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt, CP, PRE, BF)
-    if tl.max(n, axis=0) > CP:  # rescan in tiles that fit the pending slots
-        run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt, CP, SORT_NET, PRE, CP)
-    elif tl.max(n, axis=0) > 0:
-        run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+        beat = maybe & (key > theta[:, None])
+        n = tl.sum(beat.to(tl.int32), axis=1)
+        if tl.max(n, axis=0) > CP:
+            run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, c0, tl.minimum(c0 + BF, NF), F0, stride_pt,
+                        CP, SORT_NET, PRE, CP)
+        else:
+            pos = tl.cumsum(beat.to(tl.int32), axis=1) - 1
+            tl.store(pend_ptr + r64[:, None] * CP + pos, key, mask=beat)
+            if tl.max(n, axis=0) <= MR:
+                run = _insert(run, pend_ptr, run_ptr, r64, row_ok, n, CP, MR)
+            else:
+                run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
     return run
 
 
@@ -742,11 +758,11 @@ def _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0,
 # compiled launch serves every chunk (_launch.Repeat)
 @triton.jit(do_not_specialize=["T", "NF", "F0", "val_ptr", "idx_ptr"],
             do_not_specialize_on_alignment=["val_ptr", "idx_ptr"])
-def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, idx_ptr, T, NF, F0, k,
+def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, val_ptr, idx_ptr, T, NF, F0, k,
                         stride_pt, stride_vt, stride_it,
                         FIRST: tl.constexpr, LAST: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr,
                         SHIFT: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, BF0: tl.constexpr, KW: tl.constexpr,
-                        CP: tl.constexpr):
+                        CP: tl.constexpr, MR: tl.constexpr):
     """Rows of one chunk: its pre-activations (_chunk_tile) merged into run[t] (see above).
     The first chunk starts the lists with the top KW of its first BF0 columns (_top_lists)."""
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
@@ -756,13 +772,13 @@ def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, i
     if FIRST:  # the empty lists: the top KW of the first BF0 columns sets theta
         pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, 0, NF, F0, stride_pt, PRE, BF0)
         run = _top_lists(pre, f, ok, pend_ptr, r64, row_ok, CP, KW, SHIFT, SORT_NET)
-        if NF > BF0:
-            run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, BF0, NF, F0, stride_pt,
-                              CP, SORT_NET, PRE, BF)
+        c_first = BF0
     else:
         run = tl.load(run_ptr + r64[:, None] * KW + kcols[None, :], mask=row_ok[:, None], other=MIN_KEY)
-        run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, 0, NF, F0, stride_pt,
-                          CP, SORT_NET, PRE, BF)
+        c_first = 0
+    for c0 in range(c_first, NF, BF):
+        run = _merge_tile(run, p_ptr, b_enc_ptr, pend_ptr, run_ptr, r64, row_ok, c0, NF, F0, stride_pt,
+                          CP, SORT_NET, PRE, BF, MR)
     if LAST:
         _store_selection(run, row_ok.to(tl.int32), rows, row_ok, kcols, k, val_ptr, idx_ptr, val_ptr, val_ptr,
                          stride_vt, stride_it, False)
@@ -781,11 +797,12 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
     ``budget``: bytes (default 5% of the bf16 [T, F] matrix)."""
     kw = max(16, triton.next_power_of_2(k))
     if interpreting():
-        bt, bf, bf0, cp, warps = max(1, min(16, triton.next_power_of_2(T))), 64, 64, max(kw, 64), 4
+        # tiles wider than the pending slots, so that the tests reach _scan
+        bt, bf, bf0, cp, warps = max(1, min(16, triton.next_power_of_2(T))), 2 * max(kw, 64), 64, max(kw, 64), 4
     else:
         bt, bf, bf0, cp, warps = GEMM_SELECT
         cp = max(cp, 2 * kw)
-    per_row = (kw + cp) * 8 + 4 + shift_bytes
+    per_row = (kw + cp) * 8 + shift_bytes
     budget = MEMORY_FRACTION * 2 * T * F if budget is None else budget
     tc, fc, area = 128, min(64, F), 0  # the smallest chunk where none fits the budget
     for w in (4096, 2048, 1024, 512, 256, 128, 64):  # widest first: it keeps ties
@@ -795,7 +812,6 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
             rows *= 2
         if rows * (w * esize + per_row) <= budget and min(rows, T) * w > area:
             tc, fc, area = rows, w, min(rows, T) * w
-    bf, bf0 = min(bf, triton.next_power_of_2(fc)), max(kw, min(bf0, triton.next_power_of_2(fc)))
     return min(tc, T), fc, (bt, bf, bf0, cp, warps)
 
 
@@ -840,16 +856,14 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
                                                    2 if p16 else 4)
     if chunks is not None:
         tc, fc = chunks
-        bf0 = max(kw, min(bf0, triton.next_power_of_2(fc)))
+    bf, bf0 = min(bf, triton.next_power_of_2(fc)), max(kw, min(bf0, triton.next_power_of_2(fc)))
     rnd = rnd_code(values.dtype)
     pre_code = -1 if p16 else rnd  # what _chunk_tile does to the chunk's entries
     shift = {0: 0, 1: 16, 2: 13}[rnd]  # low bits of the compared values' float32 bits that are constant
-    bt_first = bt if interpreting() else 1  # the first chunk's programs: one row over the whole chunk
     dev = x.device
     P = torch.empty((tc * fc,), device=dev, dtype=x.dtype if p16 else torch.float32)
     run = torch.empty((tc, kw), device=dev, dtype=torch.int64)
     pend = torch.empty((tc, cp), device=dev, dtype=torch.int64)
-    cnt = torch.empty((tc,), device=dev, dtype=torch.int32)
     sort_net = not interpreting()
     repeats = {}  # (FIRST, LAST, P's row stride) -> the compiled launch repeated (None: generic only)
     for t0 in range(0, T, tc):
@@ -861,9 +875,9 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
             p = P[:(t1 - t0) * (f1 - f0)].view(t1 - t0, f1 - f0)
             _product(xs, W_enc[:, f0:f1], b_enc[f0:f1] if p16 else None, p)
             key = (f0 == 0, f1 == F, f1 - f0)
-            args = (p, b_enc, run, pend, cnt, v, i, t1 - t0, f1 - f0, f0, k, f1 - f0, v.stride(0), i.stride(0),
-                    key[0], key[1], sort_net, pre_code, shift, bt_first if key[0] else bt, bf, bf0, kw, cp)
-            grid = (triton.cdiv(t1 - t0, args[-5]),)
+            args = (p, b_enc, run, pend, v, i, t1 - t0, f1 - f0, f0, k, f1 - f0, v.stride(0), i.stride(0),
+                    key[0], key[1], sort_net, pre_code, shift, bt, bf, bf0, kw, cp, INSERT_MAX)
+            grid = (triton.cdiv(t1 - t0, bt),)
             r = repeats.get(key)
             if r is None or not r(grid, args):
                 compiled = _gemm_select_kernel[grid](*args, num_warps=warps)
