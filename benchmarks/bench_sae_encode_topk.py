@@ -65,7 +65,7 @@ def main(argv=None):
                         if tc <= T and fc <= F and tc * fc * 2 + tc * (64 + 512) * 8 <= budget:
                             calls[f"gemm={tc}x{fc}"] = (
                                 lambda c=(tc, fc): KM.sae_encode_topk(x, W, b, None, k, vs, ix, chunks=c) or (vs, ix))
-                    for sel in [(1, 4096, 4096, 512, 4), (2, 4096, 4096, 512, 8), (1, 2048, 4096, 512, 8)]:
+                    for sel in [(4, 1024, 4096, 512, 4), (2, 1024, 4096, 1024, 4), (2, 2048, 4096, 512, 4)]:
                         def call(sel=sel):
                             keep, KM.GEMM_SELECT = KM.GEMM_SELECT, sel
                             try:

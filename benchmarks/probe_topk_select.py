@@ -100,8 +100,8 @@ def main(ncu=False):
         print("bare read+count [1024 x 4096]:", {f"{p.dtype} BT={bt},BF={bf}": round(t(
             lambda p=p, bt=bt, bf=bf: _read[(tc // bt,)](p, cnt, fc, fc, 2.0, BT=bt, BF=bf, num_warps=4)), 1)
             for p in (P32, P16) for bt, bf in [(1, 4096), (2, 1024), (8, 1024)]}, flush=True)
-    sels = [(1, 4096, 4096, 512, 8), (1, 4096, 4096, 512, 4), (1, 4096, 4096, 512, 16), (2, 4096, 4096, 512, 8),
-            (1, 2048, 4096, 512, 8), (2, 2048, 4096, 512, 8)]
+    sels = [(2, 1024, 4096, 512, 4), (4, 1024, 4096, 512, 4), (2, 2048, 4096, 512, 4), (2, 1024, 4096, 1024, 4),
+            (1, 4096, 4096, 512, 4), (2, 1024, 4096, 512, 8)]
     fresh16 = [(torch.randn(tc, fc, device="cuda") * 0.5 + b[j * fc:(j + 1) * fc].float()).bfloat16() for j in range(16)]
     fresh32 = [f.float() for f in fresh16]
     for P, pre, name in [(P16, -1, "bf16 chunk"), (P32, 1, "fp32 chunk")]:
@@ -110,10 +110,11 @@ def main(ncu=False):
             pend = torch.empty(tc, cp, device="cuda", dtype=torch.int64)
 
             def launch(first, p, f0, last=False, bt=bt, bf=bf, bf0=bf0, cp=cp, warps=warps, pend=pend, pre=pre):
-                M._gemm_select_kernel[(tc // bt,)](
-                    p, b, run, pend, v, i, tc, fc, f0, k, fc, v.stride(0), i.stride(0),
-                    FIRST=first, LAST=last, SORT_NET=True, PRE=pre, SHIFT=16, BT=bt, BF=bf, BF0=bf0, KW=kw, CP=cp,
-                    MR=M.INSERT_MAX, num_warps=warps)
+                rows = 1 if first else bt  # as encode_gemm: the first chunk one row per program
+                M._gemm_select_kernel[(tc // rows,)](
+                    p, b, run, pend, cnt, v, i, tc, fc, f0, k, fc, v.stride(0), i.stride(0),
+                    FIRST=first, LAST=last, SORT_NET=True, PRE=pre, SHIFT=16, BT=rows, BF=bf, BF0=bf0, KW=kw, CP=cp,
+                    num_warps=warps)
 
             def block(fresh=fresh16 if pre == -1 else fresh32, launch=launch):
                 for j, p in enumerate(fresh):

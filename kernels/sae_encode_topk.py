@@ -589,12 +589,12 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
 # float32 product, the bias added and the sum rounded by the selection kernel.
 # - The first chunk of features: each row's top KW by bisection on the values' bits
 #   (_top_lists; no sort of the chunk).
-# - Every chunk (one tile of the whole chunk per program): one compare per entry against the
-#   row's KW-th key; a tile with nothing above it (most, after the first few chunks) is done.
-#   Otherwise the keys above it go to the row's pending slots in column order, then into the
-#   list by ranks (up to INSERT_MAX per row: _insert) or by sorted merges (_flush). About
-#   KW * Fc / (features seen) keys per row beat it. A row with more than CP in a chunk (rising
-#   biases, say) rescans the chunk with merges whenever its slots fill (_scan).
+# - Every later chunk: each key above its row's theta (the KW-th largest key merged so far)
+#   takes a slot of the row's pending list by an atomic (_append). Merges are deferred: the
+#   keys wait across chunks (theta stays a valid bound) until more than CP / 2 do, and at the
+#   last chunk (_merge_rest), so most chunks cost one compare per entry and a few appends. A
+#   chunk that overflows the slots (rising biases, say) is undone and rescanned with merges
+#   whenever the slots fill (_scan).
 # Exact for every row: no key that could be in the top KW is dropped; no fallback, no host
 # sync (graph safe). Extra memory: the chunk (Tc * Fc * 2 or 4 bytes), per row of a chunk the
 # lists ((KW + CP) * 8) and x - b_dec (d * 2, when b_dec is given): under 5% of the bf16 [T, F]
@@ -602,10 +602,9 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
 # ---------------------------------------------------------------------------------------------
 
 GEMM_MIN_T = 1024  # below it the candidate path (chunks of the product would be host-bound)
-# the selection's rows per program, tile width, the first chunk's tile width (both: the whole
-# chunk), pending slots, warps
-GEMM_SELECT = (1, 4096, 4096, 512, 8)
-INSERT_MAX = 32  # pending keys per row merged by ranks (_insert); more: sorted merges
+# the selection's rows per program (the first chunk of features: one), tile width, the first
+# chunk's tile width (the whole chunk), pending slots, warps
+GEMM_SELECT = (2, 1024, 4096, 512, 4)
 
 
 @triton.jit
@@ -677,32 +676,12 @@ def _flush(run, pend_ptr, r64, row_ok, n, CP: tl.constexpr, SORT_NET: tl.constex
 
 
 @triton.jit
-def _insert(run, pend_ptr, run_ptr, r64, row_ok, n, CP: tl.constexpr, MR: tl.constexpr):
-    """Merge each row's n <= MR pending keys into its sorted list by ranks, no sort: an entry's
-    place in the new list is the number of entries of both that are larger; each goes straight
-    there in run[row] (those ranked KW or lower drop out), and the list is read back."""
-    KW: tl.constexpr = run.shape[1]
-    kc = tl.arange(0, KW)
-    j = tl.arange(0, MR)
-    tl.debug_barrier()  # the pending stores are visible, and every earlier read of run[row] is done
-    part = tl.load(pend_ptr + r64[:, None] * CP + j[None, :], mask=row_ok[:, None] & (j[None, :] < n[:, None]),
-                   other=MIN_KEY)
-    r_run = kc[None, :] + tl.sum((part[:, None, :] > run[:, :, None]).to(tl.int32), axis=2)
-    r_part = (tl.sum((run[:, None, :] > part[:, :, None]).to(tl.int32), axis=2)
-              + tl.sum((part[:, None, :] > part[:, :, None]).to(tl.int32), axis=2))
-    at = run_ptr + r64[:, None] * KW
-    tl.store(at + r_run, run, mask=row_ok[:, None] & (r_run < KW))
-    tl.store(at + r_part, part, mask=row_ok[:, None] & (part != MIN_KEY) & (r_part < KW))
-    tl.debug_barrier()  # the new lists are complete
-    return tl.load(at + kc[None, :], mask=row_ok[:, None], other=MIN_KEY)
-
-
-@triton.jit
 def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
           CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
-    """Columns C0..NF merged into the running lists in tiles of BF, merging the pending keys
-    whenever a row's slots would overflow (the rare path: a tile with more than CP keys above a
-    row's KW-th key, as with encoder biases rising along the features)."""
+    """Columns C0..NF merged into the running lists in tiles of BF (empty pending slots on
+    entry), merging the pending keys whenever a row's slots would overflow (the rare path: more
+    than the free slots of keys above a row's KW-th key, as with encoder biases rising along
+    the features)."""
     BT: tl.constexpr = run.shape[0]
     theta = tl.min(run, axis=1)  # the KW-th largest key so far
     n = tl.zeros([BT], tl.int32)  # pending keys per row
@@ -726,31 +705,45 @@ def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
 
 
 @triton.jit
-def _merge_tile(run, p_ptr, b_enc_ptr, pend_ptr, run_ptr, r64, row_ok, c0, NF, F0, stride_pt,
-                CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr, MR: tl.constexpr):
-    """Columns c0..c0+BF of a chunk merged into the running lists. One compare per entry finds
-    the entries that may beat a row's KW-th key (by value); in most tiles after the first few
-    chunks there are none. Otherwise the keys that beat it go to the row's pending slots in
-    column order (a cumsum), then into the list by ranks (up to MR keys in every row) or by
-    sorted merges; more than CP in a row: _scan."""
-    pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
+def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
+            CP: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
+    """The fast scan of a chunk: each key above its row's theta (the list's KW-th key) takes
+    the row's next pending slot by an atomic on its count (no barrier, no scan in the loop).
+    Returns the counts (over CP: slots were missing)."""
     theta = tl.min(run, axis=1)
-    tv, _ = _unpack(theta)
-    maybe = ok & ((pre >= tv[:, None]) | (theta == MIN_KEY)[:, None])  # a superset of the keys that beat
-    if tl.max(tl.max(maybe.to(tl.int32), axis=1), axis=0) > 0:
+    for c0 in range(C0, NF, BF):
+        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
         key = _pack(pre, f)
-        beat = maybe & (key > theta[:, None])
-        n = tl.sum(beat.to(tl.int32), axis=1)
-        if tl.max(n, axis=0) > CP:
-            run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, c0, tl.minimum(c0 + BF, NF), F0, stride_pt,
-                        CP, SORT_NET, PRE, CP)
-        else:
-            pos = tl.cumsum(beat.to(tl.int32), axis=1) - 1
-            tl.store(pend_ptr + r64[:, None] * CP + pos, key, mask=beat)
-            if tl.max(n, axis=0) <= MR:
-                run = _insert(run, pend_ptr, run_ptr, r64, row_ok, n, CP, MR)
-            else:
-                run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+        beat = ok & (key > theta[:, None])
+        slot = tl.atomic_add(cnt_ptr + rows[:, None] + 0 * f, 1, mask=beat, sem="relaxed")
+        tl.store(pend_ptr + r64[:, None] * CP + slot, key, mask=beat & (slot < CP))
+    tl.debug_barrier()
+    return tl.load(cnt_ptr + rows, mask=row_ok, other=0)
+
+
+@triton.jit
+def _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
+                LAST: tl.constexpr, CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
+    """Columns C0..NF of a chunk into the running lists, merges deferred: the keys above a
+    row's theta wait in its pending slots across chunks (theta stays put meanwhile, still a
+    valid bound) and are merged once more than CP / 2 wait, and at the last chunk. A chunk that
+    overflows the slots is undone (its keys dropped from the slots), the earlier keys are
+    merged, and the chunk is rescanned with _scan."""
+    BT: tl.constexpr = run.shape[0]
+    n0 = tl.load(cnt_ptr + rows, mask=row_ok, other=0)  # keys waiting from earlier chunks
+    if tl.max(n0, axis=0) > CP // 2:
+        run = _flush(run, pend_ptr, r64, row_ok, n0, CP, SORT_NET)
+        n0 = tl.zeros([BT], tl.int32)
+        tl.store(cnt_ptr + rows, n0, mask=row_ok)
+    tl.debug_barrier()  # counts read (and reset) before the atomics
+    n = _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt, CP, PRE, BF)
+    if tl.max(n, axis=0) > CP:  # undo the chunk, merge the earlier keys, rescan it
+        run = _flush(run, pend_ptr, r64, row_ok, n0, CP, SORT_NET)
+        tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
+        run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt, CP, SORT_NET, PRE, CP)
+    elif LAST:
+        if tl.max(n, axis=0) > 0:
+            run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
     return run
 
 
@@ -758,11 +751,11 @@ def _merge_tile(run, p_ptr, b_enc_ptr, pend_ptr, run_ptr, r64, row_ok, c0, NF, F
 # compiled launch serves every chunk (_launch.Repeat)
 @triton.jit(do_not_specialize=["T", "NF", "F0", "val_ptr", "idx_ptr"],
             do_not_specialize_on_alignment=["val_ptr", "idx_ptr"])
-def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, val_ptr, idx_ptr, T, NF, F0, k,
+def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, idx_ptr, T, NF, F0, k,
                         stride_pt, stride_vt, stride_it,
                         FIRST: tl.constexpr, LAST: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr,
                         SHIFT: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, BF0: tl.constexpr, KW: tl.constexpr,
-                        CP: tl.constexpr, MR: tl.constexpr):
+                        CP: tl.constexpr):
     """Rows of one chunk: its pre-activations (_chunk_tile) merged into run[t] (see above).
     The first chunk starts the lists with the top KW of its first BF0 columns (_top_lists)."""
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
@@ -772,13 +765,15 @@ def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, val_ptr, idx_ptr, T
     if FIRST:  # the empty lists: the top KW of the first BF0 columns sets theta
         pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, 0, NF, F0, stride_pt, PRE, BF0)
         run = _top_lists(pre, f, ok, pend_ptr, r64, row_ok, CP, KW, SHIFT, SORT_NET)
-        c_first = BF0
+        tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
+        tl.debug_barrier()  # no keys waiting yet
+        if NF > BF0:
+            run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, BF0, NF, F0, stride_pt,
+                              LAST, CP, SORT_NET, PRE, BF)
     else:
         run = tl.load(run_ptr + r64[:, None] * KW + kcols[None, :], mask=row_ok[:, None], other=MIN_KEY)
-        c_first = 0
-    for c0 in range(c_first, NF, BF):
-        run = _merge_tile(run, p_ptr, b_enc_ptr, pend_ptr, run_ptr, r64, row_ok, c0, NF, F0, stride_pt,
-                          CP, SORT_NET, PRE, BF, MR)
+        run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, 0, NF, F0, stride_pt,
+                          LAST, CP, SORT_NET, PRE, BF)
     if LAST:
         _store_selection(run, row_ok.to(tl.int32), rows, row_ok, kcols, k, val_ptr, idx_ptr, val_ptr, val_ptr,
                          stride_vt, stride_it, False)
@@ -860,10 +855,12 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
     rnd = rnd_code(values.dtype)
     pre_code = -1 if p16 else rnd  # what _chunk_tile does to the chunk's entries
     shift = {0: 0, 1: 16, 2: 13}[rnd]  # low bits of the compared values' float32 bits that are constant
+    bt_first = bt if interpreting() else 1  # the first chunk's programs: one row over the whole chunk
     dev = x.device
     P = torch.empty((tc * fc,), device=dev, dtype=x.dtype if p16 else torch.float32)
     run = torch.empty((tc, kw), device=dev, dtype=torch.int64)
     pend = torch.empty((tc, cp), device=dev, dtype=torch.int64)
+    cnt = torch.empty((tc,), device=dev, dtype=torch.int32)
     sort_net = not interpreting()
     repeats = {}  # (FIRST, LAST, P's row stride) -> the compiled launch repeated (None: generic only)
     for t0 in range(0, T, tc):
@@ -875,9 +872,9 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
             p = P[:(t1 - t0) * (f1 - f0)].view(t1 - t0, f1 - f0)
             _product(xs, W_enc[:, f0:f1], b_enc[f0:f1] if p16 else None, p)
             key = (f0 == 0, f1 == F, f1 - f0)
-            args = (p, b_enc, run, pend, v, i, t1 - t0, f1 - f0, f0, k, f1 - f0, v.stride(0), i.stride(0),
-                    key[0], key[1], sort_net, pre_code, shift, bt, bf, bf0, kw, cp, INSERT_MAX)
-            grid = (triton.cdiv(t1 - t0, bt),)
+            args = (p, b_enc, run, pend, cnt, v, i, t1 - t0, f1 - f0, f0, k, f1 - f0, v.stride(0), i.stride(0),
+                    key[0], key[1], sort_net, pre_code, shift, bt_first if key[0] else bt, bf, bf0, kw, cp)
+            grid = (triton.cdiv(t1 - t0, args[-5]),)
             r = repeats.get(key)
             if r is None or not r(grid, args):
                 compiled = _gemm_select_kernel[grid](*args, num_warps=warps)
