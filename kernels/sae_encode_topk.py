@@ -589,15 +589,14 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
 # float32 product, the bias added and the sum rounded by the selection kernel.
 # - The first chunk of features: each row's top KW by bisection on the values' bits
 #   (_top_lists; no sort of the chunk).
-# - Every later chunk: each key above its row's theta (the KW-th largest key merged so far)
-#   takes a slot of the row's pending list by an atomic (_append). Merges are deferred: the
-#   keys wait across chunks (theta stays a valid bound) until more than CP / 2 do, and at the
-#   last chunk (_merge_rest), so most chunks cost one compare per entry and a few appends. A
-#   chunk that overflows the slots (rising biases, say) is undone and rescanned with merges
-#   whenever the slots fill (_scan).
+# - Every later chunk: each key above its row's theta (the KW-th largest key so far) takes a
+#   slot of the row's pending list by an atomic (_append), then one merge raises theta. About
+#   KW * Fc / (features seen) keys per row beat it, so this is mostly one compare per entry.
+#   A row with more than CP such keys in a chunk (rising biases, say) rescans the chunk with
+#   merges whenever its pending list fills (_scan).
 # Exact for every row: no key that could be in the top KW is dropped; no fallback, no host
 # sync (graph safe). Extra memory: the chunk (Tc * Fc * 2 or 4 bytes), per row of a chunk the
-# lists ((KW + CP) * 8) and x - b_dec (d * 2, when b_dec is given): under 5% of the bf16 [T, F]
+# lists ((KW + CP) * 8 + 4) and x - b_dec (d * 2, when b_dec is given): under 5% of the bf16 [T, F]
 # matrix. Floor: the bare product (docs/sae_ops.md has the H100 numbers).
 # ---------------------------------------------------------------------------------------------
 
@@ -678,27 +677,30 @@ def _flush(run, pend_ptr, r64, row_ok, n, CP: tl.constexpr, SORT_NET: tl.constex
 @triton.jit
 def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
           CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
-    """Columns C0..NF merged into the running lists in tiles of BF (empty pending slots on
-    entry), merging the pending keys whenever a row's slots would overflow (the rare path: more
-    than the free slots of keys above a row's KW-th key, as with encoder biases rising along
-    the features)."""
+    """A chunk's pre-activations (P[rows, C0:NF] + b_enc[F0 + C0:]) merged into the running lists."""
     BT: tl.constexpr = run.shape[0]
     theta = tl.min(run, axis=1)  # the KW-th largest key so far
+    tv, _ = _unpack(theta)
+    open_ = theta == MIN_KEY  # fewer than KW keys yet: everything beats it
     n = tl.zeros([BT], tl.int32)  # pending keys per row
     for c0 in range(C0, NF, BF):
         pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
-        key = tl.where(ok, _pack(pre, f), MIN_KEY)
-        beat = key > theta[:, None]
-        nb = tl.sum(beat.to(tl.int32), axis=1)
-        if tl.max(n + nb, axis=0) > CP:  # no room: merge the pending keys first (raises theta)
-            run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
-            theta = tl.min(run, axis=1)
-            n = tl.zeros([BT], tl.int32)
+        maybe = ok & ((pre >= tv[:, None]) | open_[:, None])  # by value: a superset of the keys that beat
+        if tl.max(tl.max(maybe.to(tl.int32), axis=1), axis=0) > 0:  # most tiles after the first chunk: none
+            key = tl.where(maybe, _pack(pre, f), MIN_KEY)
             beat = key > theta[:, None]
             nb = tl.sum(beat.to(tl.int32), axis=1)
-        pos = n[:, None] + tl.cumsum(beat.to(tl.int32), axis=1) - 1
-        tl.store(pend_ptr + r64[:, None] * CP + pos, key, mask=beat)
-        n += nb
+            if tl.max(n + nb, axis=0) > CP:  # no room: merge the pending keys first (raises theta)
+                run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+                theta = tl.min(run, axis=1)
+                tv, _ = _unpack(theta)
+                open_ = theta == MIN_KEY
+                n = tl.zeros([BT], tl.int32)
+                beat = key > theta[:, None]
+                nb = tl.sum(beat.to(tl.int32), axis=1)
+            pos = n[:, None] + tl.cumsum(beat.to(tl.int32), axis=1) - 1
+            tl.store(pend_ptr + r64[:, None] * CP + pos, key, mask=beat)
+            n += nb
     if tl.max(n, axis=0) > 0:
         run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
     return run
@@ -707,10 +709,13 @@ def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
 @triton.jit
 def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
             CP: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
-    """The fast scan of a chunk: each key above its row's theta (the list's KW-th key) takes
-    the row's next pending slot by an atomic on its count (no barrier, no scan in the loop).
-    Returns the counts (over CP: slots were missing)."""
+    """The fast scan of a chunk after the first: each key that beats its row's theta takes a
+    pending slot by an atomic on the row's count (no barrier, no scan in the loop). Returns the
+    counts (a count over CP: slots were missing, and the caller rescans with _scan)."""
+    BT: tl.constexpr = run.shape[0]
     theta = tl.min(run, axis=1)
+    tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
+    tl.debug_barrier()
     for c0 in range(C0, NF, BF):
         pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
         key = _pack(pre, f)
@@ -723,27 +728,14 @@ def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF,
 
 @triton.jit
 def _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
-                LAST: tl.constexpr, CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
-    """Columns C0..NF of a chunk into the running lists, merges deferred: the keys above a
-    row's theta wait in its pending slots across chunks (theta stays put meanwhile, still a
-    valid bound) and are merged once more than CP / 2 wait, and at the last chunk. A chunk that
-    overflows the slots is undone (its keys dropped from the slots), the earlier keys are
-    merged, and the chunk is rescanned with _scan."""
-    BT: tl.constexpr = run.shape[0]
-    n0 = tl.load(cnt_ptr + rows, mask=row_ok, other=0)  # keys waiting from earlier chunks
-    if tl.max(n0, axis=0) > CP // 2:
-        run = _flush(run, pend_ptr, r64, row_ok, n0, CP, SORT_NET)
-        n0 = tl.zeros([BT], tl.int32)
-        tl.store(cnt_ptr + rows, n0, mask=row_ok)
-    tl.debug_barrier()  # counts read (and reset) before the atomics
+                CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
+    """Columns C0..NF of a chunk into non-empty running lists: _append, then one merge; a row
+    short of pending slots (rare): _scan instead."""
     n = _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt, CP, PRE, BF)
-    if tl.max(n, axis=0) > CP:  # undo the chunk, merge the earlier keys, rescan it
-        run = _flush(run, pend_ptr, r64, row_ok, n0, CP, SORT_NET)
-        tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
+    if tl.max(n, axis=0) > CP:  # rescan in tiles that fit the pending slots
         run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt, CP, SORT_NET, PRE, CP)
-    elif LAST:
-        if tl.max(n, axis=0) > 0:
-            run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+    elif tl.max(n, axis=0) > 0:
+        run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
     return run
 
 
@@ -765,15 +757,13 @@ def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, i
     if FIRST:  # the empty lists: the top KW of the first BF0 columns sets theta
         pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, 0, NF, F0, stride_pt, PRE, BF0)
         run = _top_lists(pre, f, ok, pend_ptr, r64, row_ok, CP, KW, SHIFT, SORT_NET)
-        tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
-        tl.debug_barrier()  # no keys waiting yet
         if NF > BF0:
             run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, BF0, NF, F0, stride_pt,
-                              LAST, CP, SORT_NET, PRE, BF)
+                              CP, SORT_NET, PRE, BF)
     else:
         run = tl.load(run_ptr + r64[:, None] * KW + kcols[None, :], mask=row_ok[:, None], other=MIN_KEY)
         run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, 0, NF, F0, stride_pt,
-                          LAST, CP, SORT_NET, PRE, BF)
+                          CP, SORT_NET, PRE, BF)
     if LAST:
         _store_selection(run, row_ok.to(tl.int32), rows, row_ok, kcols, k, val_ptr, idx_ptr, val_ptr, val_ptr,
                          stride_vt, stride_it, False)
@@ -797,7 +787,7 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
     else:
         bt, bf, bf0, cp, warps = GEMM_SELECT
         cp = max(cp, 2 * kw)
-    per_row = (kw + cp) * 8 + shift_bytes
+    per_row = (kw + cp) * 8 + 4 + shift_bytes
     budget = MEMORY_FRACTION * 2 * T * F if budget is None else budget
     tc, fc, area = 128, min(64, F), 0  # the smallest chunk where none fits the budget
     for w in (4096, 2048, 1024, 512, 256, 128, 64):  # widest first: it keeps ties
