@@ -601,6 +601,10 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
 # ---------------------------------------------------------------------------------------------
 
 GEMM_MIN_T = 1024  # below it the candidate path (chunks of the product would be host-bound)
+# bytes of the budget kept free: the H100 peak at T = 4096, d = 2304, F = 16384 (16-bit product)
+# was 512 KB above the chunk, lists and counts (cause not found; tests/test_sae_encode_topk.py
+# test_no_large_intermediate)
+GEMM_RESERVE = 1 << 19
 # the selection's rows per program (the first chunk of features: one), tile width, the first
 # chunk's tile width (the whole chunk), pending slots, warps
 GEMM_SELECT = (2, 1024, 4096, 512, 4)
@@ -789,6 +793,7 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
         cp = max(cp, 2 * kw)
     per_row = (kw + cp) * 8 + 4 + shift_bytes
     budget = MEMORY_FRACTION * 2 * T * F if budget is None else budget
+    budget -= GEMM_RESERVE
     tc, fc, area = 128, min(64, F), 0  # the smallest chunk where none fits the budget
     for w in (4096, 2048, 1024, 512, 256, 128, 64):  # widest first: it keeps ties
         w = min(w, F)
