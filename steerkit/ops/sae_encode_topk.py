@@ -1,14 +1,16 @@
 """sae_encode_topk(x, W_enc, b_enc, k, b_dec=None) -> (values, indices): TopK SAE encode.
 
 ``pre = (x - b_dec) @ W_enc + b_enc`` (no subtraction when ``b_dec`` is None); each row keeps its
-k largest pre-activations, largest first, equal values by lower feature index, then ReLU.
+k largest pre-activations, largest first, equal values by lower feature index, then ReLU. The
+pre-activations are compared as rounded (once) to x's dtype, the values returned.
 values ``[..., k]`` in x's dtype, indices ``[..., k]`` int64. Shapes: W_enc [d, F], b_enc [F],
-b_dec [d]. The Triton kernel never writes the [T, F] matrix (kernels/sae_encode_topk.py); it
-multiplies in W_enc's dtype with fp32 accumulation (float32 inputs: exact fp32 products).
-Triton: a sampled threshold, a fused matmul that keeps only candidates above it, an exact top-k
-of those; eager calls sync once with the host to recompute exactly the rare rows the threshold
-missed (not under CUDA-graph capture: docs/sae_ops.md). Forward only (no autograd). Under
-torch.compile the op is its reference.
+b_dec [d]. The Triton paths never write the [T, F] matrix (kernels/sae_encode_topk.py); they
+multiply in W_enc's dtype with fp32 accumulation (float32 inputs: exact fp32 products): from
+1,024 rows cuBLAS products in chunks and a selection kernel; from 65 rows a sampled threshold
+and a fused matmul that keeps only the candidates above it (eager calls sync once with the
+host to recompute exactly the rare rows it missed; not under CUDA-graph capture); up to 64
+rows running lists (docs/sae_ops.md). Forward only (no autograd). Under torch.compile the op
+is its reference.
 """
 from __future__ import annotations
 
