@@ -126,9 +126,8 @@ def main(ncu=False):
             for p in (P32, P16) for bt, bf in [(1, 4096), (4, 1024)]}, flush=True)
         cnt.zero_()
     base = M.GEMM_SELECT
-    sels = [base, base._replace(pw=16), base._replace(pw=64), base._replace(bt_m=1), base._replace(bt_m=4),
-            base._replace(bf0=512), base._replace(bf0=2048), base._replace(bt_f=8, bf_f=512),
-            base._replace(bt_f=2, bf_f=2048), base._replace(warps=8)]
+    sels = [base, base._replace(bt_f=8, bf_f=512), base._replace(bt_f=16, bf_f=256), base._replace(bt_f=2, bf_f=2048),
+            base._replace(warps=8), base._replace(bf0=2048), base._replace(pw=16)]
     fresh16 = [(torch.randn(tc, fc, device="cuda") * 0.5 + b[j * fc:(j + 1) * fc].float()).bfloat16() for j in range(16)]
     fresh32 = [f.float() for f in fresh16]
     # the exact top k of the 16-chunk block, to check every configuration's result

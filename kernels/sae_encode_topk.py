@@ -764,11 +764,13 @@ def _filter_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, T, C0, C1, F0, 
     row_ok = rows < T
     r64 = rows.to(tl.int64)
     theta = tl.load(run_ptr + r64 * KW + (KW - 1), mask=row_ok, other=MIN_KEY)
-    pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, C0 + tl.program_id(1) * BF, C1, F0, stride_pt, PRE, BF)
+    c0 = tl.multiple_of(C0, 16) + tl.program_id(1) * BF  # C0: 0 or a first chunk's range start (16 | BF0)
+    pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, C1, F0, stride_pt, PRE, BF)
     key = _pack(pre, f)
     beat = ok & (key > theta[:, None])
-    slot = tl.atomic_add(cnt_ptr + rows[:, None] + 0 * f, 1, mask=beat, sem="relaxed")
-    tl.store(pend_ptr + r64[:, None] * CP + slot, key, mask=beat & (slot < CP))
+    if tl.max(tl.max(beat.to(tl.int32), axis=1), axis=0) > 0:  # most tiles of later chunks: none
+        slot = tl.atomic_add(cnt_ptr + rows[:, None] + 0 * f, 1, mask=beat, sem="relaxed")
+        tl.store(pend_ptr + r64[:, None] * CP + slot, key, mask=beat & (slot < CP))
 
 
 @triton.jit
