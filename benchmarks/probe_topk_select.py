@@ -106,7 +106,7 @@ def select_block(M, sel, chunks, b, run, pend, cnt, v, i, pre, tc, fc, parts=Non
                 M._merge_pending_kernel[(tc // sel.bt_m,)](
                     p, b, run, pend, cnt, v, i, tc, c0, c1, f0, k, fc, v.stride(0), i.stride(0),
                     LAST=f0 + c1 == F, SORT_NET=True, PRE=pre, BT=sel.bt_m, KW=kw, CP=sel.cp, PW=sel.pw,
-                    num_warps=sel.warps)
+                    num_warps=sel.warps_m)
 
 
 def main(ncu=False):
@@ -126,8 +126,9 @@ def main(ncu=False):
             for p in (P32, P16) for bt, bf in [(1, 4096), (4, 1024)]}, flush=True)
         cnt.zero_()
     base = M.GEMM_SELECT
-    sels = [base, base._replace(bt_f=8, bf_f=512), base._replace(bt_f=16, bf_f=256), base._replace(bt_f=2, bf_f=2048),
-            base._replace(warps=8), base._replace(bf0=2048), base._replace(pw=16)]
+    sels = [base, base._replace(bt_f=8, bf_f=512), base._replace(bt_f=2, bf_f=2048), base._replace(bt_f=16, bf_f=256),
+            base._replace(warps_m=1), base._replace(warps_m=4), base._replace(pw=32), base._replace(bt_m=2, warps_m=4),
+            base._replace(bf0=2048), base._replace(bf0=512)]
     fresh16 = [(torch.randn(tc, fc, device="cuda") * 0.5 + b[j * fc:(j + 1) * fc].float()).bfloat16() for j in range(16)]
     fresh32 = [f.float() for f in fresh16]
     # the exact top k of the 16-chunk block, to check every configuration's result
@@ -155,6 +156,7 @@ def main(ncu=False):
             # per part over the block (the parts alone leave the lists as they were: same work each replay)
             filt = t(lambda: select_block(*args, parts=("filter",)), n=2)
             cnt.zero_()  # the filters alone left counts for merges that did not run
+            select_block(*args)  # lists as after a whole block again
             print(f"{name} {tuple(sel)}: 16 chunks {whole:.1f} us ({whole / 16:.1f} per chunk), first chunk "
                   f"{first:.1f} us, filters alone {filt:.1f} us, exact {ok}", flush=True)
 

@@ -617,7 +617,7 @@ GEMM_RESERVE = 1 << 19
 class Select(NamedTuple):
     """The GEMM path's selection tiles: the filter's rows and columns per program, the merge's
     rows per program and pending keys inserted per step, the first chunk's bisection width,
-    pending slots per row, warps."""
+    pending slots per row, warps of the first lists and filter, warps of the merge."""
     bt_f: int
     bf_f: int
     bt_m: int
@@ -625,9 +625,10 @@ class Select(NamedTuple):
     bf0: int
     cp: int
     warps: int
+    warps_m: int
 
 
-GEMM_SELECT = Select(bt_f=4, bf_f=1024, bt_m=2, pw=32, bf0=1024, cp=256, warps=4)
+GEMM_SELECT = Select(bt_f=4, bf_f=1024, bt_m=1, pw=16, bf0=1024, cp=256, warps=4, warps_m=2)
 
 
 @triton.jit
@@ -758,19 +759,24 @@ def _first_lists_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, val_ptr, idx_ptr, T
 def _filter_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, T, C0, C1, F0, stride_pt,
                    PRE: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, KW: tl.constexpr, CP: tl.constexpr):
     """Tile (program_id(0): BT rows, program_id(1): BF columns) of the columns C0..C1 of a chunk:
-    each key above its row's theta (run[t, KW - 1]) takes a pending slot by an atomic on the
-    row's count; a count over CP leaves the slots past CP unwritten (the merge rescans)."""
+    the keys above their row's theta (run[t, KW - 1]; compared by value) take
+    consecutive pending slots from one atomic per row on the row's count (per-entry atomics
+    serialise); a count over CP leaves the slots past CP unwritten (the merge rescans)."""
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     row_ok = rows < T
     r64 = rows.to(tl.int64)
     theta = tl.load(run_ptr + r64 * KW + (KW - 1), mask=row_ok, other=MIN_KEY)
+    tv, _ = _unpack(theta)
+    open_ = (theta == MIN_KEY)[:, None]  # a list short of KW keys: everything goes in
     c0 = tl.multiple_of(C0, 16) + tl.program_id(1) * BF  # C0: 0 or a first chunk's range start (16 | BF0)
     pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, C1, F0, stride_pt, PRE, BF)
-    key = _pack(pre, f)
-    beat = ok & (key > theta[:, None])
-    if tl.max(tl.max(beat.to(tl.int32), axis=1), axis=0) > 0:  # most tiles of later chunks: none
-        slot = tl.atomic_add(cnt_ptr + rows[:, None] + 0 * f, 1, mask=beat, sem="relaxed")
-        tl.store(pend_ptr + r64[:, None] * CP + slot, key, mask=beat & (slot < CP))
+    # columns come in increasing order: a later one equal to theta's value has the higher index
+    beat = ok & ((pre > tv[:, None]) | open_)
+    nb = tl.sum(beat.to(tl.int32), axis=1)
+    if tl.max(nb, axis=0) > 0:  # some tiles of late chunks: none
+        base = tl.atomic_add(cnt_ptr + rows, nb, mask=nb > 0, sem="relaxed")
+        slot = base[:, None] + tl.cumsum(beat.to(tl.int32), axis=1) - 1
+        tl.store(pend_ptr + r64[:, None] * CP + slot, _pack(pre, f), mask=beat & (slot < CP))
 
 
 @triton.jit
@@ -832,7 +838,8 @@ def _merge_pending_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr,
         run = _merge_rows(p_ptr, b_enc_ptr, run_ptr, pend_ptr, rows, r64, row_ok, n, C0, C1, F0, stride_pt,
                           SORT_NET, PRE, KW, CP, PW)
         tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
-        tl.store(run_ptr + r64[:, None] * KW + kcols[None, :], run, mask=row_ok[:, None])
+        if tl.max(n, axis=0) > CP:  # _scan kept its list in registers (the inserts wrote theirs)
+            tl.store(run_ptr + r64[:, None] * KW + kcols[None, :], run, mask=row_ok[:, None])
 
 
 def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget=None, esize=2):
@@ -848,7 +855,7 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
     if interpreting():
         # few programs; pending slots fewer than a later chunk's columns, so that tests reach _scan
         bt = max(1, min(16, triton.next_power_of_2(T)))
-        sel = Select(bt_f=bt, bf_f=256, bt_m=bt, pw=16, bf0=64, cp=max(kw, 64), warps=4)
+        sel = Select(bt_f=bt, bf_f=256, bt_m=bt, pw=16, bf0=64, cp=max(kw, 64), warps=4, warps_m=4)
     else:
         sel = GEMM_SELECT._replace(cp=max(GEMM_SELECT.cp, 2 * kw))
     per_row = (kw + sel.cp) * 8 + 4 + shift_bytes
@@ -934,7 +941,7 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
     def launch(kernel, grid, args, key):
         r = repeats.get(key)
         if r is None or not r(grid, args):
-            compiled = kernel[grid](*args, num_warps=sel.warps)
+            compiled = kernel[grid](*args, num_warps=sel.warps_m if kernel is _merge_pending_kernel else sel.warps)
             repeats[key] = r or Repeat.make(compiled, dev)
 
     for t0 in range(0, T, tc):

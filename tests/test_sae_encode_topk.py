@@ -231,10 +231,11 @@ def test_candidates_ties_at_theta_exact(capacity):
 
 
 @pytest.mark.parametrize("T,F,k,chunks", [(23, 600, 20, (8, 128)), (19, 700, 33, (19, 700)), (40, 1000, 64, (16, 256)),
-                                          (9, 300, 16, (128, 64))])
+                                          (9, 300, 16, (128, 64)), (11, 200, 40, (8, 16))])
 def test_gemm_chunks_exact(T, F, k, chunks):
     """GEMM path: the product in chunks of rows and features (sizes that do not divide T or F),
-    each merged into running lists through pending lists that fill up and flush; integer
+    each merged into running lists through pending lists that fill up and flush (chunks of 16
+    features against k = 40: lists short of KW keys over several chunks); integer
     pre-activations with many ties: the exact order of the reference (lower index first)."""
     import steerkit.kernels as K
 
