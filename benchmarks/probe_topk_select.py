@@ -18,7 +18,7 @@ import triton.language as tl
 
 M = importlib.import_module("steerkit.kernels.sae_encode_topk")
 torch.manual_seed(0)
-tc, fc, F, k, kw = 1024, 4096, 65536, 64, 64
+tc, fc, F, k, kw = 1024, 4096, 65536, 64, 64  # tc: main() sets 2048
 
 
 @triton.jit
@@ -100,7 +100,7 @@ def select_block(M, sel, chunks, b, run, pend, cnt, v, i, pre, tc, fc, parts=Non
         for c0, c1 in M._ranges(fc, min(sel.bf0, fc), j == 0):
             if parts is None or "filter" in parts:
                 M._filter_kernel[(tc // sel.bt_f, triton.cdiv(c1 - c0, sel.bf_f))](
-                    p, b, run, pend, cnt, tc, c0, c1, f0, fc, PRE=pre, BT=sel.bt_f, BF=sel.bf_f, KW=kw, CP=sel.cp,
+                    p, b, run, pend, cnt, tc, c0, c1, f0, fc, PRE=pre, ALIGNED=fc % 16 == 0, BT=sel.bt_f, BF=sel.bf_f, KW=kw, CP=sel.cp,
                     num_warps=sel.warps)
             if parts is None or "merge" in parts:
                 M._merge_pending_kernel[(tc // sel.bt_m,)](
@@ -126,9 +126,8 @@ def main(ncu=False):
             for p in (P32, P16) for bt, bf in [(1, 4096), (4, 1024)]}, flush=True)
         cnt.zero_()
     base = M.GEMM_SELECT
-    sels = [base, base._replace(bt_f=8, bf_f=512), base._replace(bt_f=2, bf_f=2048), base._replace(bt_f=16, bf_f=256),
-            base._replace(warps_m=1), base._replace(warps_m=4), base._replace(pw=32), base._replace(bt_m=2, warps_m=4),
-            base._replace(bf0=2048), base._replace(bf0=512)]
+    sels = [base, base._replace(bt_f=4, bf_f=1024), base._replace(bt_f=16, bf_f=256), base._replace(bt_m=2, warps_m=4),
+            base._replace(bf0=2048)]
     fresh16 = [(torch.randn(tc, fc, device="cuda") * 0.5 + b[j * fc:(j + 1) * fc].float()).bfloat16() for j in range(16)]
     fresh32 = [f.float() for f in fresh16]
     # the exact top k of the 16-chunk block, to check every configuration's result

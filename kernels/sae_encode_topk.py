@@ -628,7 +628,7 @@ class Select(NamedTuple):
     warps_m: int
 
 
-GEMM_SELECT = Select(bt_f=4, bf_f=1024, bt_m=1, pw=16, bf0=1024, cp=256, warps=4, warps_m=2)
+GEMM_SELECT = Select(bt_f=1, bf_f=4096, bt_m=1, pw=16, bf0=1024, cp=256, warps=4, warps_m=2)
 
 
 @triton.jit
@@ -757,7 +757,8 @@ def _first_lists_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, val_ptr, idx_ptr, T
 
 @triton.jit(do_not_specialize=["T", "C0", "C1", "F0"])
 def _filter_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, T, C0, C1, F0, stride_pt,
-                   PRE: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, KW: tl.constexpr, CP: tl.constexpr):
+                   PRE: tl.constexpr, ALIGNED: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, KW: tl.constexpr,
+                   CP: tl.constexpr):
     """Tile (program_id(0): BT rows, program_id(1): BF columns) of the columns C0..C1 of a chunk:
     the keys above their row's theta (run[t, KW - 1]; compared by value) take
     consecutive pending slots from one atomic per row on the row's count (per-entry atomics
@@ -769,6 +770,8 @@ def _filter_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, T, C0, C1, F0, 
     tv, _ = _unpack(theta)
     open_ = (theta == MIN_KEY)[:, None]  # a list short of KW keys: everything goes in
     c0 = tl.multiple_of(C0, 16) + tl.program_id(1) * BF  # C0: 0 or a first chunk's range start (16 | BF0)
+    if ALIGNED:  # the range ends at a multiple of 16: vector loads (without the hint, 2-byte ones, ~4x slower)
+        C1 = tl.multiple_of(C1, 16)
     pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, C1, F0, stride_pt, PRE, BF)
     # columns come in increasing order: a later one equal to theta's value has the higher index
     beat = ok & ((pre > tv[:, None]) | open_)
@@ -963,7 +966,8 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
             for c0, c1 in _ranges(w, min(bf0, w), f0 == 0):
                 last = f1 == F and c1 == w
                 launch(_filter_kernel, (triton.cdiv(rows, sel.bt_f), triton.cdiv(c1 - c0, bf_f)),
-                       (p, b_enc, run, pend, cnt, rows, c0, c1, f0, w, pre_code, sel.bt_f, bf_f, kw, sel.cp),
+                       (p, b_enc, run, pend, cnt, rows, c0, c1, f0, w, pre_code, w % 16 == 0, sel.bt_f, bf_f, kw,
+                        sel.cp),
                        ("filter", w))
                 launch(_merge_pending_kernel, (triton.cdiv(rows, sel.bt_m),),
                        (p, b_enc, run, pend, cnt, v, i, rows, c0, c1, f0, k, w, v.stride(0), i.stride(0),
