@@ -7,7 +7,7 @@ Variant "triton" is the default path ("gemm" from T = 1024: cuBLAS chunks and a 
 kernel); "candidates" the fused candidate path. With --sweep, the fused-matmul tiles in
 kernels/sae_encode_topk.py SWEEP are timed too at T = 4096 (variant
 "cfg=BT,BF,BK,GROUP,warps,stages"), and the GEMM path's chunk shapes ("gemm=TcxFc") and
-selection tiles ("select=" + kernels/sae_encode_topk.py Select's fields), to pick the defaults.
+selection tiles ("select=BT,BF,BF0,CP,warps"), to pick the defaults.
 
 Usage: python benchmarks/bench_sae_encode_topk.py [--T 1,64,4096,16384] [--d 2304,4096] [--F ...] [--sweep]
 """
@@ -62,11 +62,10 @@ def main(argv=None):
                 if a.sweep and T >= KM.GEMM_MIN_T:  # GEMM path: chunk shapes within the memory cap, selection tiles
                     budget = 0.05 * 2 * T * F
                     for tc, fc in [(1024, 4096), (2048, 4096), (2048, 2048), (4096, 1024), (4096, 2048)]:
-                        if tc <= T and fc <= F and tc * fc * 2 + tc * (64 + KM.GEMM_SELECT.cp) * 8 <= budget:
+                        if tc <= T and fc <= F and tc * fc * 2 + tc * (64 + 512) * 8 <= budget:
                             calls[f"gemm={tc}x{fc}"] = (
                                 lambda c=(tc, fc): KM.sae_encode_topk(x, W, b, None, k, vs, ix, chunks=c) or (vs, ix))
-                    g = KM.GEMM_SELECT
-                    for sel in [g._replace(bf0=512), g._replace(bf0=2048), g._replace(pw=16), g._replace(bt_m=1)]:
+                    for sel in [(4, 1024, 4096, 512, 4), (2, 1024, 4096, 1024, 4), (2, 2048, 4096, 512, 4)]:
                         def call(sel=sel):
                             keep, KM.GEMM_SELECT = KM.GEMM_SELECT, sel
                             try:

@@ -1,9 +1,9 @@
-"""Probe (GPU): the GEMM path's selection kernels alone on [2048, 4096] chunks, timed in
-CUDA-graph replay (no host cost): a whole row block (16 chunks of fresh random values: 65536
-features, the beats thinning as in real use), its first chunk, and the filters alone, for the
+"""Probe (GPU): the GEMM path's selection kernel alone on [1024, 4096] chunks, timed in
+CUDA-graph replay (no host cost): the first chunk of features (the top KW by bisection), the
+first two, a chunk where almost nothing beats the running lists, and a whole row block (16
+chunks of fresh random values: 65536 features, the beats thinning as in real use), for the
 16-bit product (bf16 chunk with the bias in it) and the float32 one (bias added and rounded in
-the kernels), per selection configuration (kernels/sae_encode_topk.py Select), each checked
-against torch.topk, against a bare read of the chunk. Also: that cuBLAS's addmm rounds the
+the kernel), against a bare read of the chunk. Also: that cuBLAS's addmm rounds the
 bias-added product once, and the chunked products alone against the whole product.
 
 python benchmarks/probe_topk_select.py [--ncu]   (--ncu: a few plain launches for Nsight Compute)
@@ -18,7 +18,7 @@ import triton.language as tl
 
 M = importlib.import_module("steerkit.kernels.sae_encode_topk")
 torch.manual_seed(0)
-tc, fc, F, k, kw = 1024, 4096, 65536, 64, 64  # tc: main() sets 2048
+tc, fc, F, k, kw = 1024, 4096, 65536, 64, 64
 
 
 @triton.jit
@@ -86,78 +86,56 @@ def products():
     print(f"products T={T} d={d} F={F}: whole x @ W {whole:.1f} us; chunked addmm {res}", flush=True)
 
 
-def select_block(M, sel, chunks, b, run, pend, cnt, v, i, pre, tc, fc, parts=None):
-    """The GEMM path's selection over a block of chunks (as encode_gemm launches it): the first
-    lists, then the filter and merge of each column range. ``parts``: launch only those of
-    "first", "filter", "merge" (timing them apart)."""
-    F = fc * len(chunks)
-    for j, p in enumerate(chunks):
-        f0 = j * fc
-        if j == 0 and (parts is None or "first" in parts):
-            M._first_lists_kernel[(tc,)](p, b, run, pend, v, i, tc, min(sel.bf0, fc), f0, k, fc, v.stride(0),
-                                         i.stride(0), LAST=False, SORT_NET=True, PRE=pre, SHIFT=16, BT=1,
-                                         BF0=sel.bf0, KW=kw, CP=sel.cp, num_warps=sel.warps)
-        for c0, c1 in M._ranges(fc, min(sel.bf0, fc), j == 0):
-            if parts is None or "filter" in parts:
-                M._filter_kernel[(tc // sel.bt_f, triton.cdiv(c1 - c0, sel.bf_f))](
-                    p, b, run, pend, cnt, tc, c0, c1, f0, fc, PRE=pre, ALIGNED=fc % 16 == 0, BT=sel.bt_f, BF=sel.bf_f, KW=kw, CP=sel.cp,
-                    num_warps=sel.warps)
-            if parts is None or "merge" in parts:
-                M._merge_pending_kernel[(tc // sel.bt_m,)](
-                    p, b, run, pend, cnt, v, i, tc, c0, c1, f0, k, fc, v.stride(0), i.stride(0),
-                    LAST=f0 + c1 == F, SORT_NET=True, PRE=pre, BT=sel.bt_m, KW=kw, CP=sel.cp, PW=sel.pw,
-                    num_warps=sel.warps_m)
-
-
 def main(ncu=False):
-    global tc
-    tc = 2048  # the default chunk at T = 4096, d = 4096, F = 65536
     P32 = torch.randn(tc, fc, device="cuda") * 0.5
     b = (torch.randn(F, device="cuda") * 0.1).to(torch.bfloat16)
     P16 = (P32 + b[:fc].float()).bfloat16()
-    cnt = torch.zeros(tc, device="cuda", dtype=torch.int32)
+    run = torch.empty(tc, kw, device="cuda", dtype=torch.int64)
+    cnt = torch.empty(tc, device="cuda", dtype=torch.int32)
     v = torch.empty(tc, k, device="cuda", dtype=torch.bfloat16)
     i = torch.empty(tc, k, device="cuda", dtype=torch.int64)
     if not ncu:
         rounding_check()
         products()
-        print(f"bare read+count [{tc} x {fc}]:", {f"{p.dtype} BT={bt},BF={bf}": round(t(
+        print("bare read+count [1024 x 4096]:", {f"{p.dtype} BT={bt},BF={bf}": round(t(
             lambda p=p, bt=bt, bf=bf: _read[(tc // bt,)](p, cnt, fc, fc, 2.0, BT=bt, BF=bf, num_warps=4)), 1)
-            for p in (P32, P16) for bt, bf in [(1, 4096), (4, 1024)]}, flush=True)
-        cnt.zero_()
-    base = M.GEMM_SELECT
-    sels = [base, base._replace(bt_f=4, bf_f=1024), base._replace(bt_f=16, bf_f=256), base._replace(bt_m=2, warps_m=4),
-            base._replace(bf0=2048)]
+            for p in (P32, P16) for bt, bf in [(1, 4096), (2, 1024), (8, 1024)]}, flush=True)
+    sels = [(2, 1024, 4096, 512, 4), (4, 1024, 4096, 512, 4), (2, 2048, 4096, 512, 4), (2, 1024, 4096, 1024, 4),
+            (1, 4096, 4096, 512, 4), (2, 1024, 4096, 512, 8)]
     fresh16 = [(torch.randn(tc, fc, device="cuda") * 0.5 + b[j * fc:(j + 1) * fc].float()).bfloat16() for j in range(16)]
     fresh32 = [f.float() for f in fresh16]
-    # the exact top k of the 16-chunk block, to check every configuration's result
-    ref = torch.topk(torch.cat(fresh16, 1).float(), k, dim=1)
-    for fresh, pre, name in [(fresh16, -1, "bf16 chunk"), (fresh32, 1, "fp32 chunk")]:
-        for sel in sels[:1] if ncu else sels:
-            run = torch.empty(tc, kw, device="cuda", dtype=torch.int64)
-            pend = torch.empty(tc, sel.cp, device="cuda", dtype=torch.int64)
-            args = (M, sel, fresh, b if pre == -1 else b, run, pend, cnt, v, i, pre, tc, fc)
-            if pre != -1:  # the float32 chunk: the kernels add b_enc, so chunks hold the product alone
-                args = (M, sel, [f - b[j * fc:(j + 1) * fc].float() for j, f in enumerate(fresh)], b, run, pend,
-                        cnt, v, i, pre, tc, fc)
-            select_block(*args)
-            torch.cuda.synchronize()
-            # the same values as torch.topk (its order of equal values is not the lower index first), and
-            # at the returned indices
-            ok = (torch.equal(v.float(), ref.values.clamp_min(0))
-                  and torch.equal(torch.cat(fresh16, 1).float().gather(1, i).clamp_min(0), v.float()))
-            if ncu:
-                select_block(*args)
+    for P, pre, name in [(P16, -1, "bf16 chunk"), (P32, 1, "fp32 chunk")]:
+        for sel in sels[:2] if ncu else sels:
+            bt, bf, bf0, cp, warps = sel
+            pend = torch.empty(tc, cp, device="cuda", dtype=torch.int64)
+
+            def launch(first, p, f0, last=False, bt=bt, bf=bf, bf0=bf0, cp=cp, warps=warps, pend=pend, pre=pre):
+                rows = 1 if first else bt  # as encode_gemm: the first chunk one row per program
+                M._gemm_select_kernel[(tc // rows,)](
+                    p, b, run, pend, cnt, v, i, tc, fc, f0, k, fc, v.stride(0), i.stride(0),
+                    FIRST=first, LAST=last, SORT_NET=True, PRE=pre, SHIFT=16, BT=rows, BF=bf, BF0=bf0, KW=kw, CP=cp,
+                    num_warps=warps)
+
+            def block(fresh=fresh16 if pre == -1 else fresh32, launch=launch):
+                for j, p in enumerate(fresh):
+                    launch(j == 0, p, j * fc, j == 15)
+            low = P - 1.0  # a later chunk with lower values: almost nothing beats the lists
+            if ncu:  # first, second, a late chunk with few beats, a chunk with none
+                fresh = fresh16 if pre == -1 else fresh32
+                launch(True, fresh[0], 0)
+                launch(False, fresh[1], fc)
+                for j in range(2, 15):
+                    launch(False, fresh[j], j * fc)
+                launch(False, low, 8192)
                 torch.cuda.synchronize()
                 continue
-            whole = t(lambda: select_block(*args), n=2)
-            first = t(lambda: select_block(M, sel, args[2][:1], *args[3:]), n=2)
-            # per part over the block (the parts alone leave the lists as they were: same work each replay)
-            filt = t(lambda: select_block(*args, parts=("filter",)), n=2)
-            cnt.zero_()  # the filters alone left counts for merges that did not run
-            select_block(*args)  # lists as after a whole block again
-            print(f"{name} {tuple(sel)}: 16 chunks {whole:.1f} us ({whole / 16:.1f} per chunk), first chunk "
-                  f"{first:.1f} us, filters alone {filt:.1f} us, exact {ok}", flush=True)
+            first = t(lambda: launch(True, P, 0))
+            two = t(lambda: (launch(True, P, 0), launch(False, P, 4096)))
+            launch(True, P, 0)
+            late = t(lambda: launch(False, low, 8192))
+            whole = t(block, n=2)
+            print(f"{name} select {sel}: first chunk {first:.1f} us, first+second {two:.1f} us, "
+                  f"a chunk with ~no beats {late:.1f} us, 16 fresh chunks {whole:.1f} us", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,6 @@ per chunk of rows sized to stay under 5% of the bf16 [T, F] matrix: d = 4096, F 
 chunks of 768 rows (640 with b_dec), d = 2304, F = 16384 chunks of 256 (each chunk adds a few
 small launches).
 """
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
@@ -585,22 +583,18 @@ def encode_candidates(x, W_enc, b_enc, b_dec, threshold, k, values, indices, cou
 
 # ---------------------------------------------------------------------------------------------
 # GEMM path (the default for T >= GEMM_MIN_T): the matrix product by cuBLAS, in chunks of
-# [Tc rows, Fc features], each chunk then merged into per-row running top-KW lists (sorted keys,
-# as in the running-list kernels) kept in memory between chunks. When x, W_enc and b_enc share a
+# [Tc rows, Fc features], each chunk then reduced by _gemm_select_kernel into per-row running
+# top-KW lists (sorted keys, as in the running-list kernels). When x, W_enc and b_enc share a
 # 16-bit dtype the chunk is addmm's 16-bit product with the bias (fp32 accumulation, bias added
 # in the epilogue, one rounding: the values TopK compares, in half the bytes); otherwise the
-# float32 product, the bias added and the sum rounded by the selection kernels.
-# - The first chunk of features starts the lists: each row's top KW of its first BF0 columns by
-#   bisection on the values' bits (_first_lists_kernel; no sort).
-# - Then column ranges, each a filter and a merge: _filter_kernel reads a range of the chunk at
-#   the copy rate (tiles over rows and columns, one compare per entry); each key above its row's
-#   theta (the KW-th largest key so far, the list's last) takes a slot of the row's pending list
-#   by an atomic on the row's count. _merge_pending_kernel inserts each row's pending keys at
-#   their ranks in its list (no sort), which raises theta. About KW * (range width) / (features
-#   seen) keys per row beat theta, so the first chunk's ranges double in width from BF0 (each
-#   about KW keys) and every later chunk is one range. A row with more than CP keys in a range
-#   (rising biases, say) is rescanned by its merge program with merges whenever its pending
-#   list fills (_scan).
+# float32 product, the bias added and the sum rounded by the selection kernel.
+# - The first chunk of features: each row's top KW by bisection on the values' bits
+#   (_top_lists; no sort of the chunk).
+# - Every later chunk: each key above its row's theta (the KW-th largest key so far) takes a
+#   slot of the row's pending list by an atomic (_append), then one merge raises theta. About
+#   KW * Fc / (features seen) keys per row beat it, so this is mostly one compare per entry.
+#   A row with more than CP such keys in a chunk (rising biases, say) rescans the chunk with
+#   merges whenever its pending list fills (_scan).
 # Exact for every row: no key that could be in the top KW is dropped; no fallback, no host
 # sync (graph safe). Extra memory: the chunk (Tc * Fc * 2 or 4 bytes), per row of a chunk the
 # lists ((KW + CP) * 8 + 4) and x - b_dec (d * 2, when b_dec is given): under 5% of the bf16 [T, F]
@@ -612,23 +606,9 @@ GEMM_MIN_T = 1024  # below it the candidate path (chunks of the product would be
 # was 512 KB above the chunk, lists and counts (cause not found; tests/test_sae_encode_topk.py
 # test_no_large_intermediate)
 GEMM_RESERVE = 1 << 19
-
-
-class Select(NamedTuple):
-    """The GEMM path's selection tiles: the filter's rows and columns per program, the merge's
-    rows per program and pending keys inserted per step, the first chunk's bisection width,
-    pending slots per row, warps of the first lists and filter, warps of the merge."""
-    bt_f: int
-    bf_f: int
-    bt_m: int
-    pw: int
-    bf0: int
-    cp: int
-    warps: int
-    warps_m: int
-
-
-GEMM_SELECT = Select(bt_f=1, bf_f=4096, bt_m=1, pw=16, bf0=1024, cp=256, warps=4, warps_m=2)
+# the selection's rows per program (the first chunk of features: one), tile width, the first
+# chunk's tile width (the whole chunk), pending slots, warps
+GEMM_SELECT = (2, 1024, 4096, 512, 4)
 
 
 @triton.jit
@@ -702,8 +682,7 @@ def _flush(run, pend_ptr, r64, row_ok, n, CP: tl.constexpr, SORT_NET: tl.constex
 @triton.jit
 def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
           CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
-    """A chunk's pre-activations (P[rows, C0:NF] + b_enc[F0 + C0:]) merged into the running lists
-    in tiles, the pending keys flushed into them whenever a row's slots would overflow."""
+    """A chunk's pre-activations (P[rows, C0:NF] + b_enc[F0 + C0:]) merged into the running lists."""
     BT: tl.constexpr = run.shape[0]
     theta = tl.min(run, axis=1)  # the KW-th largest key so far
     tv, _ = _unpack(theta)
@@ -712,7 +691,7 @@ def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
     for c0 in range(C0, NF, BF):
         pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
         maybe = ok & ((pre >= tv[:, None]) | open_[:, None])  # by value: a superset of the keys that beat
-        if tl.max(tl.max(maybe.to(tl.int32), axis=1), axis=0) > 0:
+        if tl.max(tl.max(maybe.to(tl.int32), axis=1), axis=0) > 0:  # most tiles after the first chunk: none
             key = tl.where(maybe, _pack(pre, f), MIN_KEY)
             beat = key > theta[:, None]
             nb = tl.sum(beat.to(tl.int32), axis=1)
@@ -732,22 +711,64 @@ def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
     return run
 
 
+@triton.jit
+def _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
+            CP: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
+    """The fast scan of a chunk after the first: each key that beats its row's theta takes a
+    pending slot by an atomic on the row's count (no barrier, no scan in the loop). Returns the
+    counts (a count over CP: slots were missing, and the caller rescans with _scan)."""
+    BT: tl.constexpr = run.shape[0]
+    theta = tl.min(run, axis=1)
+    tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
+    tl.debug_barrier()
+    for c0 in range(C0, NF, BF):
+        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, NF, F0, stride_pt, PRE, BF)
+        key = _pack(pre, f)
+        beat = ok & (key > theta[:, None])
+        slot = tl.atomic_add(cnt_ptr + rows[:, None] + 0 * f, 1, mask=beat, sem="relaxed")
+        tl.store(pend_ptr + r64[:, None] * CP + slot, key, mask=beat & (slot < CP))
+    tl.debug_barrier()
+    return tl.load(cnt_ptr + rows, mask=row_ok, other=0)
+
+
+@triton.jit
+def _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt,
+                CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
+    """Columns C0..NF of a chunk into non-empty running lists: _append, then one merge; a row
+    short of pending slots (rare): _scan instead."""
+    n = _append(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, C0, NF, F0, stride_pt, CP, PRE, BF)
+    if tl.max(n, axis=0) > CP:  # rescan in tiles that fit the pending slots
+        run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt, CP, SORT_NET, PRE, CP)
+    elif tl.max(n, axis=0) > 0:
+        run = _flush(run, pend_ptr, r64, row_ok, n, CP, SORT_NET)
+    return run
+
+
 # T, NF, F0 and the output pointers change from chunk to chunk: not specialised on, so one
-# compiled launch serves every chunk (_launch.Repeat); the same for the kernels below
+# compiled launch serves every chunk (_launch.Repeat)
 @triton.jit(do_not_specialize=["T", "NF", "F0", "val_ptr", "idx_ptr"],
             do_not_specialize_on_alignment=["val_ptr", "idx_ptr"])
-def _first_lists_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, val_ptr, idx_ptr, T, NF, F0, k,
+def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, idx_ptr, T, NF, F0, k,
                         stride_pt, stride_vt, stride_it,
-                        LAST: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, SHIFT: tl.constexpr,
-                        BT: tl.constexpr, BF0: tl.constexpr, KW: tl.constexpr, CP: tl.constexpr):
-    """The lists of the rows of a first chunk: the top KW of its columns 0..NF (NF <= BF0) by
-    _top_lists, stored in run (or, LAST, as the selection)."""
+                        FIRST: tl.constexpr, LAST: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr,
+                        SHIFT: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, BF0: tl.constexpr, KW: tl.constexpr,
+                        CP: tl.constexpr):
+    """Rows of one chunk: its pre-activations (_chunk_tile) merged into run[t] (see above).
+    The first chunk starts the lists with the top KW of its first BF0 columns (_top_lists)."""
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     row_ok = rows < T
     r64 = rows.to(tl.int64)
     kcols = tl.arange(0, KW)
-    pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, 0, NF, F0, stride_pt, PRE, BF0)
-    run = _top_lists(pre, f, ok, pend_ptr, r64, row_ok, CP, KW, SHIFT, SORT_NET)
+    if FIRST:  # the empty lists: the top KW of the first BF0 columns sets theta
+        pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, 0, NF, F0, stride_pt, PRE, BF0)
+        run = _top_lists(pre, f, ok, pend_ptr, r64, row_ok, CP, KW, SHIFT, SORT_NET)
+        if NF > BF0:
+            run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, BF0, NF, F0, stride_pt,
+                              CP, SORT_NET, PRE, BF)
+    else:
+        run = tl.load(run_ptr + r64[:, None] * KW + kcols[None, :], mask=row_ok[:, None], other=MIN_KEY)
+        run = _merge_rest(run, p_ptr, b_enc_ptr, pend_ptr, cnt_ptr, rows, r64, row_ok, 0, NF, F0, stride_pt,
+                          CP, SORT_NET, PRE, BF)
     if LAST:
         _store_selection(run, row_ok.to(tl.int32), rows, row_ok, kcols, k, val_ptr, idx_ptr, val_ptr, val_ptr,
                          stride_vt, stride_it, False)
@@ -755,99 +776,9 @@ def _first_lists_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, val_ptr, idx_ptr, T
         tl.store(run_ptr + r64[:, None] * KW + kcols[None, :], run, mask=row_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["T", "C0", "C1", "F0"])
-def _filter_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, T, C0, C1, F0, stride_pt,
-                   PRE: tl.constexpr, ALIGNED: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, KW: tl.constexpr,
-                   CP: tl.constexpr):
-    """Tile (program_id(0): BT rows, program_id(1): BF columns) of the columns C0..C1 of a chunk:
-    the keys above their row's theta (run[t, KW - 1]; compared by value) take
-    consecutive pending slots from one atomic per row on the row's count (per-entry atomics
-    serialise); a count over CP leaves the slots past CP unwritten (the merge rescans)."""
-    rows = tl.program_id(0) * BT + tl.arange(0, BT)
-    row_ok = rows < T
-    r64 = rows.to(tl.int64)
-    theta = tl.load(run_ptr + r64 * KW + (KW - 1), mask=row_ok, other=MIN_KEY)
-    tv, _ = _unpack(theta)
-    open_ = (theta == MIN_KEY)[:, None]  # a list short of KW keys: everything goes in
-    c0 = tl.multiple_of(C0, 16) + tl.program_id(1) * BF  # C0: 0 or a first chunk's range start (16 | BF0)
-    if ALIGNED:  # the range ends at a multiple of 16: vector loads (without the hint, 2-byte ones, ~4x slower)
-        C1 = tl.multiple_of(C1, 16)
-    pre, f, ok = _chunk_tile(p_ptr, b_enc_ptr, r64, row_ok, c0, C1, F0, stride_pt, PRE, BF)
-    # columns come in increasing order: a later one equal to theta's value has the higher index
-    beat = ok & ((pre > tv[:, None]) | open_)
-    nb = tl.sum(beat.to(tl.int32), axis=1)
-    if tl.max(nb, axis=0) > 0:  # some tiles of late chunks: none
-        base = tl.atomic_add(cnt_ptr + rows, nb, mask=nb > 0, sem="relaxed")
-        slot = base[:, None] + tl.cumsum(beat.to(tl.int32), axis=1) - 1
-        tl.store(pend_ptr + r64[:, None] * CP + slot, _pack(pre, f), mask=beat & (slot < CP))
-
-
-@triton.jit
-def _insert(run, run_ptr, pend_ptr, r64, row_ok, n, CP: tl.constexpr, PW: tl.constexpr):
-    """Each row's n pending keys (pend[row, :n]: distinct, unsorted, none in its list) into its
-    sorted list, PW at a time, without sorting: a key's place in the merged list is the number
-    of keys of both above it, so every key is written to its place in run_ptr's row (the
-    KW largest land inside it) and the row is read back."""
-    KW: tl.constexpr = run.shape[1]
-    kc = tl.arange(0, KW)
-    pc = tl.arange(0, PW)
-    for c0 in range(0, tl.max(n, axis=0), PW):
-        cs = c0 + pc
-        m = row_ok[:, None] & (cs[None, :] < n[:, None])
-        b = tl.load(pend_ptr + r64[:, None] * CP + cs[None, :], mask=m, other=MIN_KEY)
-        at_b = (tl.sum((run[:, None, :] > b[:, :, None]).to(tl.int32), axis=2)
-                + tl.sum((b[:, None, :] > b[:, :, None]).to(tl.int32), axis=2))
-        at_run = kc[None, :] + tl.sum((b[:, None, :] > run[:, :, None]).to(tl.int32), axis=2)
-        tl.debug_barrier()  # every thread holds its part of the row before it is overwritten
-        tl.store(run_ptr + r64[:, None] * KW + at_run, run, mask=row_ok[:, None] & (at_run < KW))
-        tl.store(run_ptr + r64[:, None] * KW + at_b, b, mask=m & (at_b < KW))
-        tl.debug_barrier()  # the stores of every thread are visible
-        run = tl.load(run_ptr + r64[:, None] * KW + kc[None, :], mask=row_ok[:, None], other=MIN_KEY)
-    return run
-
-
-@triton.jit
-def _merge_rows(p_ptr, b_enc_ptr, run_ptr, pend_ptr, rows, r64, row_ok, n, C0, C1, F0, stride_pt,
-                SORT_NET: tl.constexpr, PRE: tl.constexpr, KW: tl.constexpr, CP: tl.constexpr, PW: tl.constexpr):
-    kcols = tl.arange(0, KW)
-    run = tl.load(run_ptr + r64[:, None] * KW + kcols[None, :], mask=row_ok[:, None], other=MIN_KEY)
-    if tl.max(n, axis=0) > CP:  # a row's slots overflowed (rare): rescan the range with merges
-        run = _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, C1, F0, stride_pt, CP, SORT_NET, PRE, CP)
-    else:
-        run = _insert(run, run_ptr, pend_ptr, r64, row_ok, n, CP, PW)
-    return run
-
-
-@triton.jit(do_not_specialize=["T", "C0", "C1", "F0", "val_ptr", "idx_ptr"],
-            do_not_specialize_on_alignment=["val_ptr", "idx_ptr"])
-def _merge_pending_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, idx_ptr, T, C0, C1, F0, k,
-                          stride_pt, stride_vt, stride_it,
-                          LAST: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BT: tl.constexpr,
-                          KW: tl.constexpr, CP: tl.constexpr, PW: tl.constexpr):
-    """After _filter_kernel on the columns C0..C1: the rows' pending keys merged into their lists
-    (rows with none are not touched), the counts reset; LAST: the lists stored as the selection."""
-    rows = tl.program_id(0) * BT + tl.arange(0, BT)
-    row_ok = rows < T
-    r64 = rows.to(tl.int64)
-    kcols = tl.arange(0, KW)
-    n = tl.load(cnt_ptr + rows, mask=row_ok, other=0)
-    if LAST:
-        run = _merge_rows(p_ptr, b_enc_ptr, run_ptr, pend_ptr, rows, r64, row_ok, n, C0, C1, F0, stride_pt,
-                          SORT_NET, PRE, KW, CP, PW)
-        tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
-        _store_selection(run, row_ok.to(tl.int32), rows, row_ok, kcols, k, val_ptr, idx_ptr, val_ptr, val_ptr,
-                         stride_vt, stride_it, False)
-    elif tl.max(n, axis=0) > 0:
-        run = _merge_rows(p_ptr, b_enc_ptr, run_ptr, pend_ptr, rows, r64, row_ok, n, C0, C1, F0, stride_pt,
-                          SORT_NET, PRE, KW, CP, PW)
-        tl.store(cnt_ptr + rows, tl.zeros([BT], tl.int32), mask=row_ok)
-        if tl.max(n, axis=0) > CP:  # _scan kept its list in registers (the inserts wrote theirs)
-            tl.store(run_ptr + r64[:, None] * KW + kcols[None, :], run, mask=row_ok[:, None])
-
-
 def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget=None, esize=2):
-    """(Tc, Fc, Select): chunks of the product (``esize`` bytes per entry: 2 for the 16-bit
-    product, 4 for float32) and the selection's tiles.
+    """(Tc, Fc, (BT, BF, BF0, CP, num_warps)): chunks of the product (``esize`` bytes per entry:
+    2 for the 16-bit product, 4 for float32) and the selection's tiles.
 
     The largest chunk within the budget, Tc a power of two from 128 rows, Fc one of 4096 ... 64
     features (the wider on a tie): cuBLAS ran at 1.08-1.15x its whole-product time on chunks of
@@ -856,12 +787,12 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
     ``budget``: bytes (default 5% of the bf16 [T, F] matrix)."""
     kw = max(16, triton.next_power_of_2(k))
     if interpreting():
-        # few programs; pending slots fewer than a later chunk's columns, so that tests reach _scan
-        bt = max(1, min(16, triton.next_power_of_2(T)))
-        sel = Select(bt_f=bt, bf_f=256, bt_m=bt, pw=16, bf0=64, cp=max(kw, 64), warps=4, warps_m=4)
+        # tiles wider than the pending slots, so that the tests reach _scan
+        bt, bf, bf0, cp, warps = max(1, min(16, triton.next_power_of_2(T))), 2 * max(kw, 64), 64, max(kw, 64), 4
     else:
-        sel = GEMM_SELECT._replace(cp=max(GEMM_SELECT.cp, 2 * kw))
-    per_row = (kw + sel.cp) * 8 + 4 + shift_bytes
+        bt, bf, bf0, cp, warps = GEMM_SELECT
+        cp = max(cp, 2 * kw)
+    per_row = (kw + cp) * 8 + 4 + shift_bytes
     budget = MEMORY_FRACTION * 2 * T * F if budget is None else budget
     budget -= GEMM_RESERVE
     tc, fc, area = 128, min(64, F), 0  # the smallest chunk where none fits the budget
@@ -872,7 +803,7 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
             rows *= 2
         if rows * (w * esize + per_row) <= budget and min(rows, T) * w > area:
             tc, fc, area = rows, w, min(rows, T) * w
-    return min(tc, T), fc, sel
+    return min(tc, T), fc, (bt, bf, bf0, cp, warps)
 
 
 def _product(a, b, bias, out):
@@ -904,18 +835,6 @@ def gemm_ok(x, W_enc) -> bool:
     return True
 
 
-def _ranges(width: int, first: int, first_chunk: bool):
-    """The column ranges of a chunk that one filter and merge each take: a first chunk's after
-    its first ``first`` columns, doubling (each about KW keys above theta per row), else all."""
-    if not first_chunk:
-        return [(0, width)]
-    out, c0 = [], first
-    while c0 < width:
-        out.append((c0, min(width, 2 * c0)))
-        c0 = out[-1][1]
-    return out
-
-
 def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=None):
     """TopK selection by the GEMM path (see above); ``chunks``: (Tc, Fc) (tests)."""
     T, d = x.shape
@@ -924,54 +843,38 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
         return
     kw = max(16, triton.next_power_of_2(k))
     p16 = product16(x, W_enc, b_enc)
-    tc, fc, sel = gemm_config(T, d, F, k, _shifted_bytes(x, W_enc, b_dec), x.device, budget, 2 if p16 else 4)
+    tc, fc, (bt, bf, bf0, cp, warps) = gemm_config(T, d, F, k, _shifted_bytes(x, W_enc, b_dec), x.device, budget,
+                                                   2 if p16 else 4)
     if chunks is not None:
         tc, fc = chunks
-    bf_f = min(sel.bf_f, triton.next_power_of_2(fc))
-    bf0 = max(kw, min(sel.bf0, triton.next_power_of_2(fc)))  # the first lists' tile: >= KW columns
+    bf, bf0 = min(bf, triton.next_power_of_2(fc)), max(kw, min(bf0, triton.next_power_of_2(fc)))
     rnd = rnd_code(values.dtype)
     pre_code = -1 if p16 else rnd  # what _chunk_tile does to the chunk's entries
     shift = {0: 0, 1: 16, 2: 13}[rnd]  # low bits of the compared values' float32 bits that are constant
-    bt_first = sel.bt_m if interpreting() else 1  # the first lists: one row per program
+    bt_first = bt if interpreting() else 1  # the first chunk's programs: one row over the whole chunk
     dev = x.device
     P = torch.empty((tc * fc,), device=dev, dtype=x.dtype if p16 else torch.float32)
     run = torch.empty((tc, kw), device=dev, dtype=torch.int64)
-    pend = torch.empty((tc, sel.cp), device=dev, dtype=torch.int64)
-    cnt = torch.zeros((tc,), device=dev, dtype=torch.int32)  # each merge resets the counts it read
+    pend = torch.empty((tc, cp), device=dev, dtype=torch.int64)
+    cnt = torch.empty((tc,), device=dev, dtype=torch.int32)
     sort_net = not interpreting()
-    repeats = {}  # (kernel, LAST, P's row stride) -> the compiled launch repeated (None: generic only)
-
-    def launch(kernel, grid, args, key):
-        r = repeats.get(key)
-        if r is None or not r(grid, args):
-            compiled = kernel[grid](*args, num_warps=sel.warps_m if kernel is _merge_pending_kernel else sel.warps)
-            repeats[key] = r or Repeat.make(compiled, dev)
-
+    repeats = {}  # (FIRST, LAST, P's row stride) -> the compiled launch repeated (None: generic only)
     for t0 in range(0, T, tc):
         t1 = min(T, t0 + tc)
-        rows = t1 - t0
         xs = _shifted(x[t0:t1], W_enc, b_dec)
         v, i = values[t0:t1], indices[t0:t1]
         for f0 in range(0, F, fc):
             f1 = min(F, f0 + fc)
-            w = f1 - f0
-            p = P[:rows * w].view(rows, w)
+            p = P[:(t1 - t0) * (f1 - f0)].view(t1 - t0, f1 - f0)
             _product(xs, W_enc[:, f0:f1], b_enc[f0:f1] if p16 else None, p)
-            if f0 == 0:
-                w0 = min(bf0, w)
-                last = f1 == F and w0 == w
-                launch(_first_lists_kernel, (triton.cdiv(rows, bt_first),),
-                       (p, b_enc, run, pend, v, i, rows, w0, f0, k, w, v.stride(0), i.stride(0),
-                        last, sort_net, pre_code, shift, bt_first, bf0, kw, sel.cp), ("first", last, w))
-            for c0, c1 in _ranges(w, min(bf0, w), f0 == 0):
-                last = f1 == F and c1 == w
-                launch(_filter_kernel, (triton.cdiv(rows, sel.bt_f), triton.cdiv(c1 - c0, bf_f)),
-                       (p, b_enc, run, pend, cnt, rows, c0, c1, f0, w, pre_code, w % 16 == 0, sel.bt_f, bf_f, kw,
-                        sel.cp),
-                       ("filter", w))
-                launch(_merge_pending_kernel, (triton.cdiv(rows, sel.bt_m),),
-                       (p, b_enc, run, pend, cnt, v, i, rows, c0, c1, f0, k, w, v.stride(0), i.stride(0),
-                        last, sort_net, pre_code, sel.bt_m, kw, sel.cp, sel.pw), ("merge", last, w))
+            key = (f0 == 0, f1 == F, f1 - f0)
+            args = (p, b_enc, run, pend, cnt, v, i, t1 - t0, f1 - f0, f0, k, f1 - f0, v.stride(0), i.stride(0),
+                    key[0], key[1], sort_net, pre_code, shift, bt_first if key[0] else bt, bf, bf0, kw, cp)
+            grid = (triton.cdiv(t1 - t0, args[-5]),)
+            r = repeats.get(key)
+            if r is None or not r(grid, args):
+                compiled = _gemm_select_kernel[grid](*args, num_warps=warps)
+                repeats[key] = r or Repeat.make(compiled, dev)
         del xs, p  # before the next chunk's x - b_dec is made: one at a time in memory
 
 

@@ -298,10 +298,9 @@ def test_gemm_later_chunks_outrank_earlier(ascending):
 
 @gpu_only
 def test_gemm_repeats_its_compiled_launch():
-    """The selection kernels go through Triton's generic launch once per variant (the first
-    lists, the filter, the merge of a middle and of the last chunk of features); the other chunks
-    repeat the compiled launches (_launch.Repeat) with new offsets and output rows, and the
-    result is still the exact selection."""
+    """The selection kernel goes through Triton's generic launch once per variant (first, middle
+    and last chunk of features); the other chunks repeat the compiled launch (_launch.Repeat)
+    with new offsets and output rows, and the result is still the exact selection."""
     import steerkit.kernels as K
 
     M = _kernel_module()
@@ -310,14 +309,11 @@ def test_gemm_repeats_its_compiled_launch():
     x = randn(T, d, dtype=torch.bfloat16)
     v = torch.empty(T, k, device=DEVICE, dtype=torch.bfloat16)
     i = torch.empty(T, k, device=DEVICE, dtype=torch.int64)
-    kernels = (M._first_lists_kernel, M._filter_kernel, M._merge_pending_kernel)
-    generic = []
-    for kern in kernels:
-        kern.run = (lambda run: lambda *a, **kw: generic.append(1) or run(*a, **kw))(kern.run)
+    generic, run = [], M._gemm_select_kernel.run
+    M._gemm_select_kernel.run = lambda *a, **kw: generic.append(1) or run(*a, **kw)
     try:
         K.sae_encode_topk(x, W_enc, b_enc, None, k, v, i, chunks=(512, 1024))  # 4 x 8 chunks
     finally:
-        for kern in kernels:
-            del kern.run
-    assert len(generic) == 4
+        del M._gemm_select_kernel.run
+    assert len(generic) == 3
     check_selection(v, i, R.pre_activation(x, W_enc, b_enc), k, torch.bfloat16)
