@@ -62,7 +62,7 @@ def main(argv=None):
                 if a.sweep and T >= KM.GEMM_MIN_T:  # GEMM path: chunk shapes within the memory cap, selection tiles
                     budget = 0.05 * 2 * T * F
                     for tc, fc in [(1024, 4096), (2048, 4096), (2048, 2048), (4096, 1024), (4096, 2048)]:
-                        if tc <= T and fc <= F and tc * fc * 2 + tc * (64 + 512) * 8 <= budget:
+                        if tc <= T and fc <= F and tc * fc * 2 + tc * (64 + KM.GEMM_SELECT[3]) * 8 <= budget:
                             calls[f"gemm={tc}x{fc}"] = (
                                 lambda c=(tc, fc): KM.sae_encode_topk(x, W, b, None, k, vs, ix, chunks=c) or (vs, ix))
                     for sel in [(4, 1024, 4096, 512, 4), (2, 1024, 4096, 1024, 4), (2, 2048, 4096, 512, 4)]:

@@ -76,6 +76,11 @@ def rnd_code(dtype) -> int:
     return {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0)
 
 
+# per RND: the low bits of a compared value's float32 bits that its rounding leaves constant
+# (_top_lists' bisection skips them)
+CONSTANT_LOW_BITS = (0, 16, 13)
+
+
 @triton.jit
 def _merge_sorted(run, top):
     """run, top: [BT, KW] keys sorted descending -> the KW largest of both, sorted descending."""
@@ -682,7 +687,7 @@ def _flush(run, pend_ptr, r64, row_ok, n, CP: tl.constexpr, SORT_NET: tl.constex
 @triton.jit
 def _scan(run, p_ptr, b_enc_ptr, pend_ptr, r64, row_ok, C0, NF, F0, stride_pt,
           CP: tl.constexpr, SORT_NET: tl.constexpr, PRE: tl.constexpr, BF: tl.constexpr):
-    """A chunk's pre-activations (P[rows, C0:NF] + b_enc[F0 + C0:]) merged into the running lists."""
+    """A chunk's pre-activations in columns C0..NF (_chunk_tile) merged into the running lists."""
     BT: tl.constexpr = run.shape[0]
     theta = tl.min(run, axis=1)  # the KW-th largest key so far
     tv, _ = _unpack(theta)
@@ -850,7 +855,7 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
     bf, bf0 = min(bf, triton.next_power_of_2(fc)), max(kw, min(bf0, triton.next_power_of_2(fc)))
     rnd = rnd_code(values.dtype)
     pre_code = -1 if p16 else rnd  # what _chunk_tile does to the chunk's entries
-    shift = {0: 0, 1: 16, 2: 13}[rnd]  # low bits of the compared values' float32 bits that are constant
+    shift = CONSTANT_LOW_BITS[rnd]
     bt_first = bt if interpreting() else 1  # the first chunk's programs: one row over the whole chunk
     dev = x.device
     P = torch.empty((tc * fc,), device=dev, dtype=x.dtype if p16 else torch.float32)
