@@ -2,8 +2,9 @@
 targets; the benchmark proper is bench_sae_steer.py). Every configuration's result is checked
 against the reference first ("MISMATCH" lines).
 
-- large: group kernel configurations at T = 4096 / 16384, with configurations drawn at random per
-  row and with each request's rows together (1024 per request, as in a packed prefill), as % of
+- large: group kernel configurations at T = 1024 / 4096 / 16384, with configurations drawn at random
+  per row (from 0..4, or 0..16: "random16") and with each request's rows together (1024 per request,
+  as in a packed prefill), the rows sorted by configuration in chunks (9th entry) or not, as % of
   the floor (read + write of h, once the table's rows); a plain copy of h (``h2.copy_(h)``) shows
   the bandwidth reachable.
 - small: the row kernel at T = 1..16 per assignment of configurations to rows ("bench": 0..4 at
@@ -63,25 +64,28 @@ def check_and_time(h, cfg, tab, cfgs):
 
 
 G = (True, "group")
-LARGE = [None, (16, 8, 256, 4) + G + (4, 3), (16, 8, 128, 4) + G + (4, 4), (32, 8, 128, 8) + G + (4, 4),
-         (32, 8, 256, 4) + G + (4, 3), (16, 8, 512, 4) + G + (4, 2), (16, 8, 256, 4) + G + (2, 3),
-         (16, 8, 128, 4) + G + (2, 4), (32, 8, 128, 4) + G + (2, 4), (32, 8, 256, 8) + G + (2, 3)]
+LARGE = [None, (16, 8, 256, 4) + G + (2, 3), (16, 8, 256, 4) + G + (4, 3), (32, 8, 256, 4) + G + (4, 3),
+         (16, 8, 256, 4) + G + (2, 3, 128), (16, 8, 256, 4) + G + (2, 3, 256), (16, 8, 256, 4) + G + (2, 3, 512),
+         (16, 8, 256, 4) + G + (2, 3, 1024), (16, 8, 128, 4) + G + (2, 4, 256), (32, 8, 256, 4) + G + (2, 3, 256),
+         (32, 8, 128, 4) + G + (2, 4, 256), (16, 8, 256, 8) + G + (2, 3, 256), (16, 8, 256, 4) + G + (4, 3, 256)]
 
 
 def large(copy_gbps):
     for d in (4096, 2304):
-        tab = table_for(d)
-        for T, layout in [(4096, "random"), (16384, "random"), (4096, "requests"), (16384, "requests")]:
+        tabs = {N_CFG: table_for(d), 16: table_for(d, capacity=16)}
+        for T, layout in [(4096, "random"), (16384, "random"), (4096, "requests"), (16384, "requests"),
+                          (4096, "random16"), (1024, "random"), (1024, "requests")]:
+            n_cfg = 16 if layout == "random16" else N_CFG
             h = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
-            cfg = torch.randint(0, N_CFG + 1, (T,), device="cuda", dtype=torch.int32)
+            cfg = torch.randint(0, n_cfg + 1, (T,), device="cuda", dtype=torch.int32)
             if layout == "requests":  # a packed prefill: each request's rows together (1024 per request)
                 cfg = (torch.arange(T, device="cuda", dtype=torch.int32) // 1024) % (N_CFG + 1)
             h2 = torch.empty_like(h)
             copy = GraphTimer(lambda: h2.copy_(h)).us()
-            nbytes = 2 * T * d * 2 + 2 * N_CFG * M * d * 2
+            nbytes = 2 * T * d * 2 + 2 * n_cfg * M * d * 2
             floor = nbytes / 1e3 / copy_gbps
             print(f"T={T} d={d} {layout}: floor {floor:.1f} us, copy_ of h {copy:.1f} us ({100 * floor / copy:.0f}%)", flush=True)
-            for c, us in sorted(check_and_time(h, cfg, tab, LARGE).items(), key=lambda kv: kv[1]):
+            for c, us in sorted(check_and_time(h, cfg, tabs[n_cfg], LARGE).items(), key=lambda kv: kv[1]):
                 print(f"  {str(c):48s} {us:8.2f} us  {100 * floor / us:5.1f}% of floor", flush=True)
 
 

@@ -53,6 +53,8 @@ from ._launch import interpreting
 
 KIND_CLAMP = tl.constexpr(1)
 KIND_ONLY_ACTIVE = tl.constexpr(4)
+MAX_CH = 1024  # the most rows a group launch sorts together (each block sorts its chunk's ids)
+SORT_CH = 256  # the defaults' chunk
 
 
 @triton.jit
@@ -143,15 +145,30 @@ def _sae_steer_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, 
 def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, enc_ptr, b_eff_ptr, thr_ptr,
                             dec_ptr, T, d, N, M, stride_x, stride_o,
                             IN_PLACE: tl.constexpr, F32: tl.constexpr, BT: tl.constexpr, MP: tl.constexpr,
-                            BD: tl.constexpr, G: tl.constexpr):
+                            BD: tl.constexpr, G: tl.constexpr, CH: tl.constexpr):
     """BT rows against G consecutive configurations at once ("group" launch configurations): one
     [G*MP, BD] tile of encoder (then decoder) rows per chunk and one tl.dot, no branch in the d
     loops (their loads pipeline over num_stages). Column j of the [BT, G*MP] tiles is slot j % MP
-    of configuration g0 + j // MP; row t keeps only the columns of its own configuration."""
+    of configuration g0 + j // MP; row t keeps only the columns of its own configuration.
+    CH > 0: the block takes BT rows of its CH-row chunk sorted by configuration (ties by row), not
+    BT consecutive rows, so it holds one or two configurations whatever the layout."""
     GM: tl.constexpr = G * MP
-    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    blk = tl.program_id(0) * BT
+    if CH > 0:
+        # every block of a chunk sorts the chunk's ids (keys id * CH + row in chunk, unique;
+        # untouched rows as id 0, rows past T as id N: last, so blocks cover the chunk's real rows)
+        c0 = blk // CH * CH
+        loc = tl.arange(0, CH)
+        ids = tl.load(cfg_ptr + c0 + loc, mask=c0 + loc < T, other=N)
+        key = tl.sort(tl.where((ids > 0) & (ids < N), ids, tl.where(c0 + loc < T, 0, N)) * CH + loc)
+        want = blk - c0 + tl.arange(0, BT)
+        pick = tl.sum(tl.where(loc[None, :] == want[:, None], key[None, :], 0), axis=1)  # [BT]
+        rows = c0 + pick % CH
+        cfg = pick // CH
+    else:
+        rows = blk + tl.arange(0, BT)
+        cfg = tl.load(cfg_ptr + rows, mask=rows < T, other=0)
     row_ok = rows < T
-    cfg = tl.load(cfg_ptr + rows, mask=row_ok, other=0)
     on = row_ok & (cfg > 0) & (cfg < N)  # rows this op changes
     xrow = rows.to(tl.int64)[:, None] * stride_x
     orow = rows.to(tl.int64)[:, None] * stride_o
@@ -269,13 +286,14 @@ def steer_config(T: int, d: int, M: int):
     mp = triton.next_power_of_2(M)
     g = max(1, 32 // mp)  # group kernel: G * MP = 32 columns per tl.dot (4 configurations of 8 slots)
     if interpreting():
-        return max(16, min(64, triton.next_power_of_2(T))), mp, max(16, min(1024, triton.next_power_of_2(d))), 4, True, "group", g, 1
+        return (max(16, min(64, triton.next_power_of_2(T))), mp, max(16, min(1024, triton.next_power_of_2(d))), 4,
+                True, "group", g, 1, SORT_CH)
     if T <= 16 and d <= 4096:  # the row kernel (whole rows in registers: d <= 4096)
         return 1, mp, None, 8, False, "row"
     if T <= 64:
         return 1, mp, min(2048, max(32, triton.next_power_of_2(d))), 8, False
-    if T >= 4096:  # prefill: G * MP = 16 (blocks hold one or two requests' configurations)
-        return 16, mp, 256, 4, True, "group", max(1, 16 // mp), 3
+    if T >= 4096:  # rows sorted by configuration in 256-row chunks: G * MP = 16 (blocks hold one or two)
+        return 16, mp, 256, 4, True, "group", max(1, 16 // mp), 3, SORT_CH
     return 16, mp, 256, 4, True, "group", g, 3
 
 
@@ -295,14 +313,18 @@ def _check_cfg(cfg, M: int):
     if not (_pow2(bt) and _pow2(mp) and mp >= M and _pow2(warps) and warps <= 32 and (bd is None or _pow2(bd))):
         raise ValueError(f"sae_steer: cfg needs powers of two BT, MP >= M = {M}, BD, num_warps <= 32; got {cfg!r}")
     if tag == "group":
-        if len(cfg) != 8:
-            raise ValueError(f"sae_steer: a group cfg is (BT, MP, BD, num_warps, DOT, \"group\", G, num_stages), "
-                             f"got {cfg!r}")
-        g, stages = cfg[6:]
+        if len(cfg) not in (8, 9):
+            raise ValueError(f"sae_steer: a group cfg is (BT, MP, BD, num_warps, DOT, \"group\", G, num_stages"
+                             f"[, CH]), got {cfg!r}")
+        g, stages = cfg[6:8]
+        ch = cfg[8] if len(cfg) == 9 else 0
         if not (_pow2(g) and g * mp >= 16 and bt >= 16 and bd is not None and bd >= 16
                 and isinstance(stages, int) and not isinstance(stages, bool) and 1 <= stages <= 8):
             raise ValueError(f"sae_steer: a group cfg needs power-of-two G with G * MP >= 16, BT >= 16 and "
                              f"BD >= 16 (tl.dot), 1 <= num_stages <= 8; got {cfg!r}")
+        if not (ch == 0 or (_pow2(ch) and bt <= ch <= MAX_CH)):
+            raise ValueError(f"sae_steer: a group cfg's CH (rows sorted together) is 0 or a power of two in "
+                             f"BT..{MAX_CH}; got {cfg!r}")
     return tag
 
 
@@ -334,10 +356,13 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
         return
     f32 = torch.float32 in (x.dtype, enc.dtype, dec.dtype) or enc.dtype != dec.dtype
     if tag == "group":
-        g, stages = cfg[6:]
+        g, stages = cfg[6:8]
+        ch = cfg[8] if len(cfg) == 9 else 0
+        if ch and (N + 1) * ch > 2 ** 31:  # the sort keys (id * CH + row, id <= N) must fit in int32
+            ch = 0
         _sae_steer_group_kernel[(triton.cdiv(T, bt),)](
             *args, T, d, N, M, x.stride(0), out.stride(0),
-            IN_PLACE=in_place, F32=f32, BT=bt, MP=mp, BD=bd, G=g, num_warps=warps, num_stages=stages)
+            IN_PLACE=in_place, F32=f32, BT=bt, MP=mp, BD=bd, G=g, CH=ch, num_warps=warps, num_stages=stages)
         return
     if bd is None:
         raise ValueError(f"sae_steer: the block kernel needs a BD, got {cfg!r}")
@@ -354,7 +379,9 @@ SWEEP = [(32, 16, 128, 4, True), (1, 8, 2048, 8, False),
          (16, 8, 128, 8, True, "group", 4, 4), (32, 8, 256, 8, True, "group", 4, 3),
          (32, 8, 128, 8, True, "group", 4, 4), (32, 8, 64, 4, True, "group", 4, 4),
          (32, 8, 128, 4, True, "group", 2, 3), (64, 8, 128, 8, True, "group", 4, 3),
-         (16, 8, 256, 4, True, "group", 2, 3), (32, 8, 256, 4, True, "group", 4, 3)]
+         (16, 8, 256, 4, True, "group", 2, 3), (32, 8, 256, 4, True, "group", 4, 3),
+         (16, 8, 256, 4, True, "group", 2, 3, 256), (16, 8, 256, 4, True, "group", 2, 3, 1024),
+         (32, 8, 256, 4, True, "group", 2, 3, 256)]
 SWEEP_SMALL = [(1, 8, 2048, 8, False), (1, 8, 4096, 16, False), (1, 8, 1024, 4, False), (1, 8, 512, 4, False),
                (16, 16, 512, 4, True), (1, 8, None, 8, False, "row"), (1, 8, None, 16, False, "row"),
                (1, 8, None, 32, False, "row")]

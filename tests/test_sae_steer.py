@@ -267,7 +267,9 @@ def test_row_kernel_needs_the_whole_row():
 
 GROUP_CFGS = [(16, 8, 64, 4, True, "group", 2, 2),  # 16-row blocks over ids 1..6: up to 3 groups
               (32, 8, 16, 4, True, "group", 4, 3),  # d in many chunks; ids 1..6 in 2 groups
-              (16, 16, 32, 4, True, "group", 1, 3)]  # MP > M: padding slots; one id per group
+              (16, 16, 32, 4, True, "group", 1, 3),  # MP > M: padding slots; one id per group
+              (16, 8, 64, 4, True, "group", 2, 2, 32),  # rows sorted by id in 32-row chunks (2 blocks each)
+              (16, 8, 32, 4, True, "group", 4, 3, 16)]  # one block per sorted chunk
 
 
 @pytest.mark.parametrize("dtype", SAE_DTYPES)
@@ -304,7 +306,9 @@ def test_group_kernel(dtype, T, d, cfg, in_place):
                                  (32, 4, 64, 4, True, "group", 4, 2), (32, 8, 64, 4, True, "group", 3, 2),
                                  (32, 8, 64, 4, True, "group", 2, 0), (32, 8, None, 4, True, "group", 2, 2),
                                  (32, 8, 64, 4), (1, 8, None, 4, False, "row", 2),
-                                 (32, 8, 64, 4, True, "group", 2, 2, True)])
+                                 (32, 8, 64, 4, True, "group", 2, 2, True), (32, 8, 64, 4, True, "group", 2, 2, 16),
+                                 (32, 8, 64, 4, True, "group", 2, 2, 48), (32, 8, 64, 4, True, "group", 2, 2, 2048),
+                                 (32, 8, 64, 4, True, "group", 2, 2, 64, 1)])
 def test_malformed_launch_configs(cfg):
     import steerkit.kernels as K
 
@@ -345,13 +349,14 @@ k, fails = KS._sae_steer_group_kernel, 0
 INT = ("cfg_ptr", "n_feat_ptr", "kind_ptr")
 F32 = ("value_ptr", "b_eff_ptr", "thr_ptr")
 for c in [c for c in KS.SWEEP if c[5:6] == ("group",)]:
-    bt, mp, bd, warps, _, _, g, stages = c
+    bt, mp, bd, warps, _, _, g, stages = c[:8]
+    ch = c[8] if len(c) > 8 else 0
     for dt, in_place in (("bf16", True), ("fp16", False)):
         sig, consts, attrs = {}, {}, {}
         for i, n in enumerate(k.arg_names):
             if i in k.constexprs:
                 sig[n] = "constexpr"
-                consts[n] = dict(IN_PLACE=in_place, F32=False, BT=bt, MP=mp, BD=bd, G=g)[n]
+                consts[n] = dict(IN_PLACE=in_place, F32=False, BT=bt, MP=mp, BD=bd, G=g, CH=ch)[n]
                 continue
             sig[n] = "*i32" if n in INT else "*fp32" if n in F32 else "*" + dt if n.endswith("_ptr") else "i32"
             if n.endswith("_ptr") or n in ("T", "d", "stride_x", "stride_o"):
