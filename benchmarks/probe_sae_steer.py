@@ -46,28 +46,16 @@ def table_for(d, capacity=N_CFG, m=M, seed=None):
     return tab
 
 
-def run(h, cfg, tens, c):
-    """KS.sae_steer in place with launch configuration c (or ("sort", c): no counting path)."""
-    if c is not None and c[0] == SORT:
-        old, KS.COUNT_BINS = KS.COUNT_BINS, 0
-        try:
-            KS.sae_steer(h, h, cfg, *tens, cfg=c[1])
-        finally:
-            KS.COUNT_BINS = old
-    else:
-        KS.sae_steer(h, h, cfg, *tens, cfg=c)
-
-
 def check_and_time(h, cfg, tab, cfgs):
     tens = [t.contiguous() for t in tab.tensors()]
     want = ops.sae_steer(h, cfg, tab, backend="torch").float()
     for c in cfgs:  # every check before any timing (the timed calls change h in place)
         got = h.clone()
-        run(got, cfg, tens, c)
+        KS.sae_steer(got, got, cfg, *tens, cfg=c)
         err = float((got.float() - want).abs().max() / want.abs().max())
         if err > 3e-2 or not torch.equal(got[cfg == 0], h[cfg == 0]):
             print(f"# MISMATCH cfg={c} T={h.shape[0]} d={h.shape[1]}: {err:.2e}", flush=True)
-    out = {c: GraphTimer(lambda c=c: run(h, cfg, tens, c)) for c in cfgs}
+    out = {c: GraphTimer(lambda c=c: KS.sae_steer(h, h, cfg, *tens, cfg=c)) for c in cfgs}
     res = {c: [] for c in cfgs}
     for _ in range(5):  # interleaved rounds, medians
         for c, t in out.items():
@@ -76,10 +64,9 @@ def check_and_time(h, cfg, tab, cfgs):
 
 
 G = (True, "group")
-SORT = "sort"  # an entry ("sort", cfg): cfg with the chunk ordered by a sort of keys even for few ids
-LARGE = [None, (16, 8, 256, 4) + G + (2, 3), (32, 8, 256, 4) + G + (2, 3, 256), (SORT, (32, 8, 256, 4) + G + (2, 3, 256)),
-         (16, 8, 256, 4) + G + (2, 3, 256), (SORT, (16, 8, 256, 4) + G + (2, 3, 256)), (32, 8, 256, 4) + G + (2, 3, 512),
-         (16, 8, 256, 4) + G + (2, 3, 512), (32, 8, 256, 4) + G + (4, 3, 256), (16, 8, 256, 4) + G + (2, 3, 128)]
+LARGE = [None, (16, 8, 256, 4) + G + (2, 3), (32, 8, 256, 4) + G + (2, 3, 256), (16, 8, 256, 4) + G + (2, 3, 256),
+         (32, 8, 256, 4) + G + (2, 4, 256), (32, 8, 512, 4) + G + (2, 2, 256), (32, 8, 256, 4) + G + (2, 3, 512),
+         (32, 8, 128, 4) + G + (2, 4, 256), (16, 8, 256, 4) + G + (2, 3, 512)]
 
 
 def large(copy_gbps):

@@ -55,7 +55,6 @@ KIND_CLAMP = tl.constexpr(1)
 KIND_ONLY_ACTIVE = tl.constexpr(4)
 MAX_CH = 1024  # the most rows a group launch sorts together (each block sorts its chunk's ids)
 SORT_CH = 256  # the defaults' chunk
-COUNT_BINS = 16  # tables with N < 16 rows order a chunk by counting ids, larger ones by sorting keys
 
 
 @triton.jit
@@ -146,14 +145,13 @@ def _sae_steer_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, 
 def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, enc_ptr, b_eff_ptr, thr_ptr,
                             dec_ptr, T, d, N, M, stride_x, stride_o,
                             IN_PLACE: tl.constexpr, F32: tl.constexpr, BT: tl.constexpr, MP: tl.constexpr,
-                            BD: tl.constexpr, G: tl.constexpr, CH: tl.constexpr, NB: tl.constexpr):
+                            BD: tl.constexpr, G: tl.constexpr, CH: tl.constexpr):
     """BT rows against G consecutive configurations at once ("group" launch configurations): one
     [G*MP, BD] tile of encoder (then decoder) rows per chunk and one tl.dot, no branch in the d
     loops (their loads pipeline over num_stages). Column j of the [BT, G*MP] tiles is slot j % MP
     of configuration g0 + j // MP; row t keeps only the columns of its own configuration.
     CH > 0: the block takes BT rows of its CH-row chunk sorted by configuration (ties by row), not
-    BT consecutive rows, so it holds one or two configurations whatever the layout. NB > 0 (a
-    power of two > N): positions by counting ids in NB bins, else a sort of the chunk's keys."""
+    BT consecutive rows, so it holds one or two configurations whatever the layout."""
     GM: tl.constexpr = G * MP
     blk = tl.program_id(0) * BT
     if CH > 0:
@@ -163,20 +161,12 @@ def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value
         loc = tl.arange(0, CH)
         ids = tl.load(cfg_ptr + c0 + loc, mask=c0 + loc < T, other=N)
         eff = tl.where((ids > 0) & (ids < N), ids, tl.where(c0 + loc < T, 0, N))
-        want = blk - c0 + tl.arange(0, BT)  # the block's sorted positions
-        if NB > 0:  # few ids (NB > N): each row's sorted position by counting, no sort network
-            one = (eff[:, None] == tl.arange(0, NB)[None, :]).to(tl.int32)  # [CH, NB]
-            hist = tl.sum(one, axis=0)
-            base = tl.cumsum(hist, axis=0) - hist  # rows of smaller ids
-            pos = tl.sum(one * (tl.cumsum(one, axis=0) - one + base[None, :]), axis=1)  # [CH]
-            hit = pos[None, :] == want[:, None]  # [BT, CH]: one hit per row of the block
-            rows = c0 + tl.sum(tl.where(hit, loc[None, :], 0), axis=1)
-            cfg = tl.sum(tl.where(hit, eff[None, :], 0), axis=1)
-        else:
-            key = tl.sort(eff * CH + loc)
-            pick = tl.sum(tl.where(loc[None, :] == want[:, None], key[None, :], 0), axis=1)  # [BT]
-            rows = c0 + pick % CH
-            cfg = pick // CH
+        # the block's slice of the sorted keys: as rows of a [CH / BT, BT] view, pick row (blk - c0) / BT
+        key = tl.reshape(tl.sort(eff * CH + loc), (CH // BT, BT))
+        sub = tl.arange(0, CH // BT)[:, None] == (blk - c0) // BT
+        pick = tl.sum(tl.where(sub, key, 0), axis=0)  # [BT]
+        rows = c0 + pick % CH
+        cfg = pick // CH
     else:
         rows = blk + tl.arange(0, BT)
         cfg = tl.load(cfg_ptr + rows, mask=rows < T, other=0)
@@ -305,7 +295,7 @@ def steer_config(T: int, d: int, M: int):
     if T <= 64:
         return 1, mp, min(2048, max(32, triton.next_power_of_2(d))), 8, False
     if T >= 4096:  # rows sorted by configuration in 256-row chunks: G * MP = 16 (blocks hold one or two)
-        return 16, mp, 256, 4, True, "group", max(1, 16 // mp), 3, SORT_CH
+        return 32, mp, 256, 4, True, "group", max(1, 16 // mp), 3, SORT_CH
     return 16, mp, 256, 4, True, "group", g, 3
 
 
@@ -372,10 +362,9 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
         ch = cfg[8] if len(cfg) == 9 else 0
         if ch and (N + 1) * ch > 2 ** 31:  # the sort keys (id * CH + row, id <= N) must fit in int32
             ch = 0
-        nb = triton.next_power_of_2(N + 1)  # bins 0..N (N: rows past T)
         _sae_steer_group_kernel[(triton.cdiv(T, bt),)](
-            *args, T, d, N, M, x.stride(0), out.stride(0), IN_PLACE=in_place, F32=f32, BT=bt, MP=mp, BD=bd, G=g,
-            CH=ch, NB=nb if ch and nb <= COUNT_BINS else 0, num_warps=warps, num_stages=stages)
+            *args, T, d, N, M, x.stride(0), out.stride(0),
+            IN_PLACE=in_place, F32=f32, BT=bt, MP=mp, BD=bd, G=g, CH=ch, num_warps=warps, num_stages=stages)
         return
     if bd is None:
         raise ValueError(f"sae_steer: the block kernel needs a BD, got {cfg!r}")

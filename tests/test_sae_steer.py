@@ -378,7 +378,7 @@ for c in [c for c in KS.SWEEP if c[5:6] == ("group",)]:
         for i, n in enumerate(k.arg_names):
             if i in k.constexprs:
                 sig[n] = "constexpr"
-                consts[n] = dict(IN_PLACE=in_place, F32=False, BT=bt, MP=mp, BD=bd, G=g, CH=ch, NB=8 if ch else 0)[n]
+                consts[n] = dict(IN_PLACE=in_place, F32=False, BT=bt, MP=mp, BD=bd, G=g, CH=ch)[n]
                 continue
             sig[n] = "*i32" if n in INT else "*fp32" if n in F32 else "*" + dt if n.endswith("_ptr") else "i32"
             if n.endswith("_ptr") or n in ("T", "d", "stride_x", "stride_o"):
