@@ -155,18 +155,25 @@ def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value
     GM: tl.constexpr = G * MP
     blk = tl.program_id(0) * BT
     if CH > 0:
-        # every block of a chunk sorts the chunk's ids (keys id * CH + row in chunk, unique;
-        # untouched rows as id 0, rows past T as id N: last, so blocks cover the chunk's real rows)
+        # every block of a chunk orders the chunk's ids by sorting keys id * CH + row in chunk
+        # (unique; untouched rows as id 0, rows past T as id N: last, so blocks cover the chunk's
+        # real rows); a chunk already in order (a request's rows together) skips the sort
         c0 = blk // CH * CH
         loc = tl.arange(0, CH)
         ids = tl.load(cfg_ptr + c0 + loc, mask=c0 + loc < T, other=N)
         eff = tl.where((ids > 0) & (ids < N), ids, tl.where(c0 + loc < T, 0, N))
-        # the block's slice of the sorted keys: as rows of a [CH / BT, BT] view, pick row (blk - c0) / BT
-        key = tl.reshape(tl.sort(eff * CH + loc), (CH // BT, BT))
-        sub = tl.arange(0, CH // BT)[:, None] == (blk - c0) // BT
-        pick = tl.sum(tl.where(sub, key, 0), axis=0)  # [BT]
-        rows = c0 + pick % CH
-        cfg = pick // CH
+        nxt = tl.load(cfg_ptr + c0 + loc + 1, mask=c0 + loc + 1 < T, other=N)
+        eff_next = tl.where((nxt > 0) & (nxt < N), nxt, tl.where(c0 + loc + 1 < T, 0, N))
+        if tl.max(((eff > eff_next) & (loc < CH - 1)).to(tl.int32), axis=0) == 0:
+            rows = blk + tl.arange(0, BT)
+            cfg = tl.load(cfg_ptr + rows, mask=rows < T, other=0)
+        else:
+            # the block's slice of the sorted keys: row (blk - c0) / BT of a [CH / BT, BT] view
+            key = tl.reshape(tl.sort(eff * CH + loc), (CH // BT, BT))
+            sub = tl.arange(0, CH // BT)[:, None] == (blk - c0) // BT
+            pick = tl.sum(tl.where(sub, key, 0), axis=0)  # [BT]
+            rows = c0 + pick % CH
+            cfg = pick // CH
     else:
         rows = blk + tl.arange(0, BT)
         cfg = tl.load(cfg_ptr + rows, mask=rows < T, other=0)
@@ -295,7 +302,7 @@ def steer_config(T: int, d: int, M: int):
     if T <= 64:
         return 1, mp, min(2048, max(32, triton.next_power_of_2(d))), 8, False
     if T >= 4096:  # rows sorted by configuration in 256-row chunks: G * MP = 16 (blocks hold one or two)
-        return 32, mp, 256, 4, True, "group", max(1, 16 // mp), 3, SORT_CH
+        return 32, mp, 256, 4, True, "group", max(1, 16 // mp), 4, SORT_CH
     return 16, mp, 256, 4, True, "group", g, 3
 
 

@@ -314,13 +314,16 @@ def test_group_kernel_sorted_chunks(N, in_place):
     tables = _random_steering(N, M, d, torch.float32)
     h = randn(T, d)
     config = torch.randint(-1, N + 1, (T,), device=DEVICE, dtype=torch.int32)
-    ref = R.sae_steer(h, config, *tables)
-    for cfg in [(16, 4, 64, 4, True, "group", 4, 1, 64), (16, 4, 32, 4, True, "group", 8, 2, 16)]:
-        out = h.clone() if in_place else torch.full_like(h, float("nan"))
-        KS.sae_steer(out if in_place else h, out, config, *tables, cfg=cfg)
-        close(out, ref, torch.float32)
-        keep = (config < 1) | (config >= N)
-        assert _same_bits(out[keep], h[keep]), "untouched rows changed"
+    ordered = torch.sort(config.clamp(0, N)).values  # chunks already in order take the direct path
+    ordered[0] = -1  # an out-of-range id in an ordered chunk
+    for config in (config, ordered):
+        ref = R.sae_steer(h, config, *tables)
+        for cfg in [(16, 4, 64, 4, True, "group", 4, 1, 64), (16, 4, 32, 4, True, "group", 8, 2, 16)]:
+            out = h.clone() if in_place else torch.full_like(h, float("nan"))
+            KS.sae_steer(out if in_place else h, out, config, *tables, cfg=cfg)
+            close(out, ref, torch.float32)
+            keep = (config < 1) | (config >= N)
+            assert _same_bits(out[keep], h[keep]), "untouched rows changed"
 
 
 @pytest.mark.parametrize("cfg", [(32, 8, 64, 4, True, "group", 4), (32, 8, 64, 4, True, "grp", 4, 2),
