@@ -11,7 +11,7 @@ no-reuse floor that reads the 16 selected rows per token (``pct_floor_noreuse``)
 
 With --sweep, each launch configuration in kernels/sae_steer.py SWEEP (T >= 4096) or SWEEP_SMALL
 (smaller T) is timed too (variant "...:cfg=BT,MP,BD,warps,DOT", with ",row" for the row kernel or
-",group,G,num_stages" for the group kernel), to pick the defaults.
+",group,G,num_stages[,CH]" for the group kernel), to pick the defaults.
 
 Usage: python benchmarks/bench_sae_steer.py [--T 1,4,16,64,4096,16384] [--d 2304,4096] [--sweep]
 """

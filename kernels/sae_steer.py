@@ -31,6 +31,9 @@ moves to the next one present >= g0 + G: one iteration when the block's ids span
 request are contiguous in real prefill, so blocks hold 1-2 configurations); more ids take more
 iterations (correct, slower: each re-reads the encoder / decoder tiles, and does the dots on the
 whole block with the other rows masked; each row is still read twice and written once).
+With CH (a 9th entry) the block's rows are not BT consecutive rows but its slice of its CH-row
+chunk sorted by configuration, so it holds one or two configurations in any layout (rows drawn
+at random per row included); a chunk already in order skips the sort.
 Row kernel ("row" in the launch configuration; the default for T <= 16 and d <= 4096 on a GPU):
 one row per program with the whole row in one BD >= d chunk. The loads of x and of the
 configuration's encoder AND decoder rows are all issued up front (their addresses depend only on
@@ -39,8 +42,9 @@ the config id), so the decoder rows arrive during the reduction: two dependent r
 Floor: read + write T*d elements of h plus the encoder and decoder rows of the configurations in
 use (2*M*d elements each), once (hot in L2; read once per block of BT rows from there). H100,
 T = 4096, d = 4096, bf16: 67 MB of h -> ~22.5 µs at 3.0 TB/s; target 70% (~32 µs). Measured
-(group kernel, steer_config's defaults; see steer_config): 72.5-90% at T = 4096 / 16384 with each
-request's rows together, 43-46% with configurations drawn at random per row. Its L2 traffic for
+(group kernel on sorted chunks, steer_config's defaults; see steer_config): 72-83% at T = 4096 /
+16384 with each request's rows together, 69-79% with configurations drawn at random per row
+(43-47% unsorted). Its L2 traffic for
 encoder / decoder tiles is 2*G*MP*d*2 bytes per block and group (tiles of configurations no row
 of the block uses are not loaded). Small T: latency, target <= 3 µs under CUDA-graph replay; a
 steered row takes 1.9 µs with 1 clamp and 3.4 µs with 8 at d = 4096 (one SM reads the rows).
@@ -283,15 +287,18 @@ def steer_config(T: int, d: int, M: int):
     sae-steer-*-20261124-001052.jsonl). Other T <= 64 (latency): one row per program, all M
     slots at once as a [M, 2048] tile of broadcast products (d = 4096: two chunks per pass, so
     four dependent L2 round trips), 8 warps.
-    Larger T: the group kernel, 16 rows x 256 columns, 4 warps, 3 stages (H100, bf16, 8 clamps x 4
-    configurations; probe-sae-steer-split-h100.txt). From T = 4096 (prefill, where each request's
-    rows are together and a block of 16 rows holds one or two configurations) G * MP = 16 columns
-    per tl.dot: 73-89% of the floor with 1024-row requests, but 43-46% with configurations drawn
-    at random per row (a block then runs the group loop twice). Below 4096, G * MP = 32 (4
+    From T = 4096: the group kernel on 256-row chunks sorted by configuration, 32 rows x 256
+    columns, G * MP = 16 columns per tl.dot, 4 warps, 4 stages (H100, bf16, 8 clamps x 4
+    configurations; probe-sae-steer-sorted*-h100.txt, bench-sae-steer-sorted-h100.txt): d = 4096:
+    79% / 71% of the floor at T = 4096 / 16384 with configurations drawn at random per row, 81% /
+    75% with 1024-row requests; d = 2304: 69-70% / 74% and 72-74% / 79%. Unsorted, 16 columns
+    took 43-47% with random rows (a block runs the group loop twice).
+    64 < T < 4096: the group kernel, 16 rows x 256 columns, 4 warps, 3 stages, unsorted (probe-
+    sae-steer-split-h100.txt), G * MP = 32 (4
     configurations of 8 slots): 64-69% at T = 4096 in either layout (random rows at T = 16384:
     61% with it, 68-70% with 32 rows x 256 columns). L2 eviction hints and persistent launches
     (fewer rows in flight) changed nothing measurable (probe-sae-steer-h100.txt).
-    Interpreter: the group kernel (the GPU's large-T default) with large blocks."""
+    Interpreter: the group kernel on sorted chunks (the GPU's large-T default) with large blocks."""
     mp = triton.next_power_of_2(M)
     g = max(1, 32 // mp)  # group kernel: G * MP = 32 columns per tl.dot (4 configurations of 8 slots)
     if interpreting():
@@ -341,8 +348,10 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
     """x, out: [T, d]; config [T] int32; the SaeSteeringTable tensors (contiguous).
     ``cfg`` instead of steer_config's: (BT, MP, BD, num_warps, DOT) for the block kernel,
     (1, MP, BD, num_warps, DOT, "row") for the row kernel (BD >= d; None: next_pow2(d); DOT is
-    ignored) or (BT, MP, BD, num_warps, DOT, "group", G, num_stages) for the group kernel (G
-    configurations per tl.dot, G * MP >= 16, BT >= 16; DOT is ignored). ValueError otherwise."""
+    ignored) or (BT, MP, BD, num_warps, DOT, "group", G, num_stages[, CH]) for the group kernel (G
+    configurations per tl.dot, G * MP >= 16, BT >= 16; DOT is ignored; CH: blocks take their rows
+    from CH-row chunks sorted by configuration, a power of two in BT..MAX_CH, 0 or absent: BT
+    consecutive rows). ValueError otherwise."""
     T, d = x.shape
     if T == 0 or d == 0:
         return
@@ -382,7 +391,8 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
 
 # configurations the benchmark sweeps: at T >= 4096, and at small T (with the row kernel: BD None =
 # next_pow2(d)). (BT, MP, BD, num_warps, DOT) for the block kernel; group kernel entries add
-# "group", G, num_stages (MP 8 = the benchmark's M: G = 4 covers its configurations 1..4 in one dot).
+# "group", G, num_stages[, CH] (MP 8 = the benchmark's M: G = 4 covers its configurations 1..4 in
+# one dot; CH: sorted chunks).
 SWEEP = [(32, 16, 128, 4, True), (1, 8, 2048, 8, False),
          (16, 8, 256, 4, True, "group", 4, 3), (16, 8, 256, 8, True, "group", 4, 3),
          (16, 8, 128, 8, True, "group", 4, 4), (32, 8, 256, 8, True, "group", 4, 3),
