@@ -146,6 +146,13 @@ def _sae_steer_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, 
 
 
 @triton.jit
+def _sort_id(cfg_ptr, r, T, N):
+    """The id rows r sort by: their configuration, 0 for untouched rows, N for rows past T."""
+    ids = tl.load(cfg_ptr + r, mask=r < T, other=0)
+    return tl.where(r >= T, N, tl.where((ids > 0) & (ids < N), ids, 0))
+
+
+@triton.jit
 def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, enc_ptr, b_eff_ptr, thr_ptr,
                             dec_ptr, T, d, N, M, stride_x, stride_o,
                             IN_PLACE: tl.constexpr, F32: tl.constexpr, BT: tl.constexpr, MP: tl.constexpr,
@@ -164,11 +171,8 @@ def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value
         # real rows); a chunk already in order (a request's rows together) skips the sort
         c0 = blk // CH * CH
         loc = tl.arange(0, CH)
-        ids = tl.load(cfg_ptr + c0 + loc, mask=c0 + loc < T, other=N)
-        eff = tl.where((ids > 0) & (ids < N), ids, tl.where(c0 + loc < T, 0, N))
-        nxt = tl.load(cfg_ptr + c0 + loc + 1, mask=c0 + loc + 1 < T, other=N)
-        eff_next = tl.where((nxt > 0) & (nxt < N), nxt, tl.where(c0 + loc + 1 < T, 0, N))
-        if tl.max(((eff > eff_next) & (loc < CH - 1)).to(tl.int32), axis=0) == 0:
+        eff = _sort_id(cfg_ptr, c0 + loc, T, N)
+        if tl.max(((eff > _sort_id(cfg_ptr, c0 + loc + 1, T, N)) & (loc < CH - 1)).to(tl.int32), axis=0) == 0:
             rows = blk + tl.arange(0, BT)
             cfg = tl.load(cfg_ptr + rows, mask=rows < T, other=0)
         else:

@@ -304,9 +304,9 @@ def test_group_kernel(dtype, T, d, cfg, in_place):
 @pytest.mark.parametrize("N", [7, 40])
 @pytest.mark.parametrize("in_place", [True, False])
 def test_group_kernel_sorted_chunks(N, in_place):
-    """Rows ordered by configuration within chunks (a group cfg's 9th entry): by counting ids (N <
-    16) or by sorting keys (N >= 16); chunks over T, a partial last chunk, blocks of one chunk
-    picking different slices, every row written once (out of place into NaNs)."""
+    """Rows ordered by configuration within chunks (a group cfg's 9th entry), few or many ids:
+    chunks sorted and chunks already in order (no sort), a partial last chunk, blocks of one
+    chunk picking different slices, every row written once (out of place into NaNs)."""
     import importlib
 
     KS = importlib.import_module("steerkit.kernels.sae_steer")
