@@ -93,7 +93,7 @@ def main(argv=None):
 
     steering = Steering.__new__(Steering)  # only the hook path: no model needed
     steering._ids, steering._tokens, steering._rule, steering._pad = torch.ones(a.T, dtype=torch.int32, device=dev), None, "all", None
-    steering._pos, steering._configs, steering.backend = None, {}, None
+    steering._pos, steering._configs, steering.backend, steering._epoch = None, {}, None, 0
     hook = steering._hook(table, 0, 0)  # what the site hook runs on the hidden states
     cases["hf Steering hook (auto backend)"] = lambda: hook(h)
     plain, noop, steered = torch.nn.Identity(), torch.nn.Identity(), torch.nn.Identity()

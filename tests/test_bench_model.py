@@ -6,6 +6,7 @@ import torch
 pytest.importorskip("transformers")
 
 from steerkit.bench import model_bench as M  # noqa: E402
+from steerkit.integrations.hf import site_calls  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", M.KINDS)
@@ -70,7 +71,7 @@ def test_eager_runs_only_the_measured_variants_hooks(monkeypatch):
     def spied(*a, **k):
         model = build(*a, **k)
         first = model.model.layers[0]
-        first.register_forward_pre_hook(lambda m, args: seen.append(len(m._forward_hooks)))
+        first.register_forward_pre_hook(lambda m, args: seen.append(len(m._forward_hooks) + site_calls(m)))
         return model
 
     monkeypatch.setattr(M, "build_model", spied)

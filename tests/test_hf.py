@@ -6,6 +6,7 @@ transformers = pytest.importorskip("transformers")
 
 from steerkit import integrations as I  # noqa: E402
 from helpers import plain_hook_logits  # noqa: E402
+from steerkit.integrations.hf import site_calls  # noqa: E402
 
 D = 32
 
@@ -86,7 +87,7 @@ def test_ids_written_in_place_take_effect_and_positions_hook_only_for_rules():
     base = _logits(model)
     handle = I.attach(model, ["resid_post.0"], capacity=4)
     a = handle.add({"resid_post.0": dict(vector=torch.randn(D), strength=2.0)})
-    pre_hooks = lambda: sum(len(m._forward_pre_hooks) for m in model.modules())  # noqa: E731
+    pre_hooks = lambda: sum(len(m._forward_pre_hooks) + site_calls(m, "pre") for m in model.modules())  # noqa: E731
     assert pre_hooks() == 0
     ids = torch.zeros(3, dtype=torch.int32)
     handle.use_ids(ids)
@@ -105,8 +106,9 @@ def test_ids_written_in_place_take_effect_and_positions_hook_only_for_rules():
 def test_eager_decode_steps_reuse_the_prepared_launch(monkeypatch):
     """Eager generate: with no position rule the per-token ids built at the first decode step
     are reused by the later ones, so every site after the first step reuses its prepared launch
-    (made once per site and config tensor, then taken by steer_'s fast path), and the tokens
-    equal those of the reference backend."""
+    (made once per site and config tensor, then taken by steer_'s fast path, and from the second
+    decode step on by the site's own copy of its last launch), and the tokens equal those of the
+    reference backend."""
     import importlib
 
     steer_module = importlib.import_module("steerkit.ops.steer")
@@ -117,29 +119,143 @@ def test_eager_decode_steps_reuse_the_prepared_launch(monkeypatch):
     a = handle.add({"resid_post.0": dict(vector=torch.randn(D), strength=2.0),
                     "resid_post.1": dict(scale=0.5)})
     handle.assign([a, 0, a])
-    made, runs = [], []
-    make, run = steer_module.inplace_launch, registry.FastLaunch.__call__
+    made, runs, direct = [], [], []
+    make, run, get = steer_module.inplace_launch, registry.FastLaunch.__call__, registry.FastLaunch.direct
     monkeypatch.setattr(steer_module, "inplace_launch", lambda *args: made.append(1) or make(*args))
     monkeypatch.setattr(registry.FastLaunch, "__call__", lambda self, h: runs.append(1) or run(self, h))
+
+    def counted(self):
+        launch = get(self)
+        return None if launch is None else (lambda h: direct.append(1) or launch(h))
+    monkeypatch.setattr(registry.FastLaunch, "direct", counted)
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         out = model.generate(IDS.to(device), **kw)
-    # 2 sites x (prefill + 3 decode steps) calls, all through a prepared launch; launches made
-    # at the prefill and the first decode step only
-    assert len(runs) == 8 and len(made) == 2 * 2, (runs, made)
+    # 2 sites x (prefill + 3 decode steps) calls, all through a prepared launch: the prefill and
+    # the first decode step through steer_ (launches made there only), the later steps through
+    # the sites' copies
+    assert len(runs) == 4 and len(direct) == 4 and len(made) == 2 * 2, (runs, direct, made)
     made.clear()
     runs.clear()
+    direct.clear()
     handle.assign([a, 0, a])  # the same assignment again, as a new tensor
     with torch.no_grad():
         again = model.generate(IDS.to(device), **kw)
     # the per-token ids of the prefill and the decode steps are rewritten in place, so every
     # call of the second generate reuses a launch
-    assert len(runs) == 8 and not made, (runs, made)
+    assert len(runs) == 4 and len(direct) == 4 and not made, (runs, direct, made)
     assert torch.equal(again, out)
     handle.backend = "torch"
     with torch.no_grad():
         assert torch.equal(model.generate(IDS.to(device), **kw), out)
     handle.detach()
+
+
+def test_site_launch_copy_follows_every_change():
+    """Each site reuses its last eager launch while nothing it depends on changed. Every change
+    between forwards of the same shape must reach the output: a new rule with the same ids and
+    position_ids tensors, ids written in place, other position_ids, table values, a replaced
+    table tensor, and a forward with gradients. Oracle: the reference backend on the same handle."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # Triton: the GPU, or the interpreter
+    model = _tiny("llama").to(device)
+    ids = IDS.to(device)
+    handle = I.attach(model, ["resid_post.0", "resid_post.1"], capacity=4, backend="triton")
+    a = handle.add({"resid_post.0": dict(vector=torch.randn(D), strength=2.0), "resid_post.1": dict(scale=0.5)})
+    b = handle.add({"resid_post.1": dict(vector=torch.randn(D), strength=-1.0)})
+    who = torch.tensor([a, 0, b], dtype=torch.int32, device=device)
+
+    pos = torch.arange(ids.shape[1], device=device).expand_as(ids)  # one tensor for every forward
+    later = pos + 3
+
+    def after(change, then=pos):
+        """Logits after ``change`` (then with position_ids ``then``), made once the sites hold
+        their launches, and the oracle's."""
+        with torch.no_grad():
+            model(input_ids=ids, position_ids=pos)
+            model(input_ids=ids, position_ids=pos)  # every site now holds a launch for this shape
+            change()
+            got = model(input_ids=ids, position_ids=then).logits
+            handle.backend = "torch"
+            want = model(input_ids=ids, position_ids=then).logits
+            handle.backend = "triton"
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        return got
+
+    first = after(lambda: handle.use_ids(who))
+    assert not torch.allclose(after(lambda: who.__setitem__(2, a))[2], first[2])  # ids written in place
+    mask = torch.ones_like(ids)
+    ruled = after(lambda: handle.assign(who, positions=4, attention_mask=mask))  # same ids tensor, new rule
+    assert not torch.allclose(ruled, first)
+    assert not torch.allclose(after(lambda: None, then=later), ruled)  # other positions: more steered
+    assert not torch.allclose(after(lambda: handle.assign(who, attention_mask=mask)), ruled)
+    handle.use_ids(who)
+    before = after(lambda: None)
+    changed = after(lambda: handle.tables["resid_post.0"].set(a, vector=torch.randn(D), strength=1.0))
+    assert not torch.allclose(changed[0], before[0])  # table values: read at launch
+    table = handle.tables["resid_post.0"]
+    replaced = table.vec.clone()
+    replaced[a] = torch.randn(D)
+    # against the tables' contract (write in place), but a replaced tensor must not be missed
+    assert not torch.allclose(after(lambda: setattr(table, "vec", replaced))[0], changed[0])
+    with torch.no_grad():
+        model(input_ids=ids)
+        want = model(input_ids=ids).logits
+    torch.testing.assert_close(model(input_ids=ids).logits, want, rtol=1e-4, atol=1e-4)  # with gradients
+    handle.detach()
+
+
+def test_sites_wrap_forward_and_detach_unwraps():
+    """Sites run inside a replacement of the module's forward (no torch hook): detach restores
+    the module's own forward, or the instance forward it had before (accelerate's kind), and when
+    something wrapped forward after steerkit, leaves a pass-through: outputs bit-identical."""
+    model = _tiny("llama")
+    base = _logits(model)
+    block = model.model.layers[1]
+    handle = I.attach(model, ["resid_post.1", "resid_pre.1"], capacity=2)
+    handle.assign(handle.add({"resid_post.1": dict(vector=torch.randn(D), strength=2.0),
+                              "resid_pre.1": dict(scale=0.5)}))
+    assert "forward" in block.__dict__ and not block._forward_hooks and not block._forward_pre_hooks
+    assert site_calls(block) == 2 and site_calls(block, "pre") == 1
+    steered = _logits(model)
+    assert not torch.equal(steered, base)
+    handle.detach()
+    assert "forward" not in block.__dict__ and site_calls(block) == 0 and torch.equal(_logits(model), base)
+
+    calls = []
+    own = block.forward  # an instance forward set before steerkit (as accelerate sets one)
+    block.forward = lambda *a, **k: calls.append(1) or own(*a, **k)
+    mine = block.forward
+    handle = I.attach(model, ["resid_post.1"], capacity=2)
+    handle.assign(handle.add({"resid_post.1": dict(vector=torch.randn(D), strength=2.0)}))
+    assert not torch.equal(_logits(model), base) and calls
+    handle.detach()
+    assert block.__dict__["forward"] is mine and torch.equal(_logits(model), base)
+    del block.forward
+
+    handle = I.attach(model, ["resid_post.1"], capacity=2)
+    handle.assign(handle.add({"resid_post.1": dict(vector=torch.randn(D), strength=2.0)}))
+    ours = block.forward
+    block.forward = lambda *a, **k: ours(*a, **k)  # wrapped after steerkit
+    handle.detach()
+    assert torch.equal(_logits(model), base)  # ours stays inside, a pass-through
+    again = I.attach(model, ["resid_post.1"], capacity=2)  # and is reused
+    again.assign(again.add({"resid_post.1": dict(vector=torch.randn(D), strength=2.0)}))
+    assert not torch.equal(_logits(model), base) and site_calls(block) == 1
+    again.detach()
+    assert torch.equal(_logits(model), base)
+
+
+def test_capture_sees_steering_attached_before_it():
+    """capture runs at a site after the steering already there, pre and out alike."""
+    model = _tiny("llama")
+    v = torch.randn(D)
+    plain = I.capture(model, ["resid_pre.1", "resid_post.1"], input_ids=IDS)
+    with I.steer(model, {"resid_pre.1": dict(vector=v, strength=1.0), "resid_post.1": dict(scale=2.0)}):
+        got = I.capture(model, ["resid_pre.1", "resid_post.1"], input_ids=IDS)
+    torch.testing.assert_close(got["resid_pre.1"], plain["resid_pre.1"] + v)
+    with I.steer(model, {"resid_pre.1": dict(vector=v, strength=1.0)}):
+        after = model(input_ids=IDS, output_hidden_states=True).hidden_states[2]
+    torch.testing.assert_close(got["resid_post.1"], 2.0 * after)
 
 
 def test_per_token_ids_saved_for_backward_are_not_overwritten():

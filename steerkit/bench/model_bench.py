@@ -130,19 +130,25 @@ class _HookVariant:
 
 
 class _Parked:
-    """Takes a variant's registered hooks out of their modules' hook dicts and puts them back
-    (eager runs: a hook that is only switched off still costs a Python call per module)."""
+    """Takes a variant's hooks out of their modules and puts them back (eager runs: a hook that
+    is only switched off still costs a Python call per module). steerkit's site handles park
+    themselves; plain torch hooks are taken out of their modules' hook dicts."""
 
     def __init__(self, handles):
-        self.entries = [(h.hooks_dict_ref(), h.id) for h in handles]
+        self.sites = [h for h in handles if hasattr(h, "park")]
+        self.entries = [(h.hooks_dict_ref(), h.id) for h in handles if not hasattr(h, "park")]
         self.parked: Dict[int, Callable] = {}
 
     def park(self):
+        for h in self.sites:
+            h.park()
         for hooks, i in self.entries:
             if hooks is not None and i in hooks:
                 self.parked[i] = hooks.pop(i)
 
     def unpark(self):
+        for h in self.sites:
+            h.unpark()
         for hooks, i in self.entries:
             if i in self.parked:
                 hooks[i] = self.parked.pop(i)

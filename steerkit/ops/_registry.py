@@ -69,15 +69,14 @@ def _launcher(backend: str, name: str) -> Callable:
     return fn
 
 
-_INCREMENT = getattr(torch._C, "_increment_version", None)
+# bump_versions((t, ...)): record in-place writes done behind the dispatcher's back (autograd's
+# version counters); the C entry point itself where torch has one (hot paths call it directly)
+bump_versions = getattr(torch._C, "_increment_version", None) or (
+    lambda ts: [torch.autograd.graph.increment_version(t) for t in ts])
 
 
 def _bump_version(t: torch.Tensor) -> None:
-    """Record an in-place write done behind the dispatcher's back (autograd's version counter)."""
-    if _INCREMENT is not None:
-        _INCREMENT((t,))
-    else:  # pragma: no cover - older or newer torch without the C entry point
-        torch.autograd.graph.increment_version(t)
+    bump_versions((t,))
 
 
 def _run(op: OpDef, h: torch.Tensor, out: torch.Tensor, params: Sequence, backend: str) -> None:
@@ -202,6 +201,24 @@ class FastLaunch:
                 self.launch(x2, x2, *self.args)
         _bump_version(h)
         return True
+
+    def direct(self) -> Optional[Callable]:
+        """``launch(h) -> bool`` for a caller that checks itself that h is contiguous and shaped,
+        typed and placed like the prepared rows, and bumps h's version itself (one call less per
+        launch): the prepared Triton launch, or the op's launcher on h's rows; None while the
+        Triton launch is still to be prepared (the next ``__call__`` prepares it)."""
+        p = self.prepared
+        if p:
+            return p
+        if p is None and self.prepare is not None:
+            return None
+        launch, args = self.launch, self.args
+
+        def run(h):
+            x2 = h.view(-1, h.shape[-1])
+            launch(x2, x2, *args)
+            return True
+        return run
 
 
 def inplace_launch(name: str, h: torch.Tensor, params: Sequence, backend: Optional[str]) -> Optional[FastLaunch]:

@@ -62,24 +62,33 @@ _FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _FAST_PER_TABLE = 4
 
 
-def _fast_steer_(h, config, table, backend) -> bool:
+def prepared_launch(h, config, table, backend: Optional[str] = None):
+    """The prepared eager launch that ``steer_(h, config, table, backend=backend,
+    validate=False)`` would reuse now (``run(h) -> bool``, in place), or None. The model
+    integration keeps it per site and calls it directly while the same arguments recur; ``run``
+    holds what it launches with (the config tensor's and the table tensors' memory)."""
     entries = getattr(table, "_launches", None)  # a SteeringTable keeps its own
     if entries is None:
         try:
             entries = _FAST.get(table)
         except TypeError:  # a table type that cannot be weakly referenced: no fast path
-            return False
+            return None
     e = None if entries is None else entries.get(id(config))
     if e is None or e[0] is not config:
-        return False
+        return None
     # the key's parts compared one by one, the cheapest first (this runs once per layer in an
     # eager decode step, where host time is the cost): dtypes are singletons, a device as its index
     dtype, device, shape, back = e[1]
     if (dtype is not h.dtype or shape != h.shape or back != backend or type(h) is not torch.Tensor
             or torch.is_grad_enabled() or device != h.get_device() or torch.compiler.is_compiling()
             or not all(map(operator.is_, table.tensors(), e[2]))):
-        return False
-    return e[3](h)
+        return None
+    return e[3]
+
+
+def _fast_steer_(h, config, table, backend) -> bool:
+    run = prepared_launch(h, config, table, backend)
+    return run is not None and run(h)
 
 
 def _remember(table, config, entry) -> None:

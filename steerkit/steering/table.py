@@ -21,6 +21,7 @@ from steerkit.ops import _checks as C
 from steerkit.ops.reference import FLAG_DYNAMIC, FLAG_VECTOR
 
 Number = Union[int, float]
+_TENSOR_NAMES = frozenset(("scale", "flags", "dyn_w", "dyn_b", "dirs", "dir_val", "n_dirs", "vec", "strength"))
 
 
 class TableStack:
@@ -137,6 +138,13 @@ class SteeringTable:
         """The tensors in the order the op and kernels take them."""
         return (self.scale, self.flags, self.dyn_w, self.dyn_b, self.dirs, self.dir_val,
                 self.n_dirs, self.vec, self.strength)
+
+    def __setattr__(self, name, value):
+        # counts replacements of the table's tensors (the contract is to write them in place, but
+        # a replaced one must not be missed): launches prepared with the old ones check this count
+        if name in _TENSOR_NAMES:
+            self.__dict__["_replaced"] = self.__dict__.get("_replaced", -len(_TENSOR_NAMES)) + 1
+        object.__setattr__(self, name, value)
 
     @property
     def uses(self) -> Tuple[bool, bool, int, bool]:
