@@ -1,15 +1,31 @@
-"""Where does eager steering's host time go in a real decode step?"""
+"""Where does eager steering's host time go in a real decode step?
+
+Usage: python benchmarks/diag_eager.py [shape] [batch] [rounds] [--time-sites]
+(--time-sites: also time inside the sites' functions, which adds two timer calls per site)."""
 import cProfile, io, pstats, statistics, sys, time, gc
 import torch
 from steerkit.bench import model_bench as M
 from steerkit.integrations import hf
 from transformers import StaticCache
 
-shape = sys.argv[1] if len(sys.argv) > 1 else "llama-3.2-1b"
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+shape = args[0] if args else "llama-3.2-1b"
+B = int(args[1]) if len(args) > 1 else 1
+ROUNDS = int(args[2]) if len(args) > 2 else 100
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 backend = None if dev == "cuda" else "triton"
 model = M.build_model(shape, dev, torch.bfloat16 if dev == "cuda" else torch.float32)
-B, S0 = 1, 32
+S0 = 32
+in_hook = [0.0]
+orig_hook = hf.Steering._hook
+def timed_hook(self, *a):  # time inside each site's function
+    fn = orig_hook(self, *a)
+    def g(h):
+        t0 = time.perf_counter(); r = fn(h); in_hook[0] += time.perf_counter() - t0; return r
+    return g
+if "--time-sites" in sys.argv:
+    hf.Steering._hook = timed_hook
+
 params = M._Params(4, model.config.hidden_size, dev)
 sk = M._SteerkitVariant(model, "add", params, 4, backend)
 hk = M._HookVariant(model, "add", params)
@@ -21,12 +37,6 @@ def maybe_call(self, x):
     return real_call(self, x) if mode["launch"] else True
 Prepared.__call__ = maybe_call
 ids = torch.ones(B, dtype=torch.int32, device=dev)
-in_hook = [0.0]
-orig_apply = hf.Steering._apply
-def timed_apply(self, *a):
-    t0 = time.perf_counter(); r = orig_apply(self, *a); in_hook[0] += time.perf_counter() - t0; return r
-hf.Steering._apply = timed_apply
-
 def use(name):
     sk.off(); hk.off()
     mode["launch"] = name != "sk-nolaunch"
@@ -54,7 +64,7 @@ with torch.no_grad():
     gc.disable()
     t = {n: [] for n in names}; g = {n: [] for n in names}; hooks = {n: [] for n in names}
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if dev == "cuda" else None
-    for r in range(100):
+    for r in range(ROUNDS):
         for n in names:
             use(n); step(); sync()  # the step after the first: steady state
             in_hook[0] = 0.0
@@ -70,7 +80,7 @@ with torch.no_grad():
         q = statistics.quantiles(t[n], n=10)
         gpu = statistics.median(g[n]) if g[n] else 0.0
         print(f"{n:11s} host {med[n]:9.1f} us  p10 {q[0]:9.1f}  p90 {q[-1]:9.1f}  paired {paired:+6.2f}%  "
-              f"GPU (events) {gpu:9.1f} us  in _apply {statistics.median(hooks[n]):8.1f} us")
+              f"GPU (events) {gpu:9.1f} us  in sites {statistics.median(hooks[n]):8.1f} us")
     for n in ["none", "sk"]:
         use(n)
         pr = cProfile.Profile(); pr.enable()
