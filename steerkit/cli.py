@@ -53,6 +53,9 @@ def main(argv=None) -> int:
                    help="steerkit's eager backend (default automatic; cuda builds the extension first)")
     m.add_argument("--strength", type=float, default=1.0,
                    help="factor on the added vectors (0: the same work with the activations unchanged)")
+    m.add_argument("--pair", default="round", choices=("round", "adjacent"),
+                   help="pair each sample with the round's unsteered sample, or with one measured right "
+                        "before it (adjacent: twice the time, steadier on a drifting host)")
     m.add_argument("--out", default=None, help="folder for the JSONL rows")
     dm = sub.add_parser("demo", help="steer a small real model (Gemma 3 270M) and show the difference")
     dm.add_argument("--layer", type=int, default=None, help="block whose output is steered (default: a third deep)")
@@ -140,7 +143,8 @@ def main(argv=None) -> int:
         kw = dict(shape=args.shape, batches=args.batches, modes=args.modes, phases=args.phases,
                   assigns=args.assigns, steps=args.steps, rounds=args.rounds, prompt=args.prompt,
                   prefill_batch=args.prefill_batch, prefill_len=args.prefill_len, deadline_s=args.deadline,
-                  dynamic=True if args.dynamic else None, backend=args.backend, strength=args.strength)
+                  dynamic=True if args.dynamic else None, backend=args.backend, strength=args.strength,
+                  pair=args.pair)
         if args.kinds:
             kw["kinds"] = [] if args.kinds == ["none"] else args.kinds
         if args.hook_kinds:

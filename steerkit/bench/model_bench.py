@@ -196,14 +196,22 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
         assigns: Sequence[str] = ("shared", "distinct"), prompt: int = 128, steps: int = 16, rounds: int = 3,
         prefill_batch: int = 16, prefill_len: int = 2048, device: Optional[str] = None,
         deadline_s: Optional[float] = None, dynamic: Optional[bool] = None, backend: Optional[str] = None,
-        strength: float = 1.0, log: Callable[[str], None] = print,
+        strength: float = 1.0, pair: str = "round", log: Callable[[str], None] = print,
         emit: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
     """Measure and return rows (one per shape, mode, phase, batch, variant, assignment).
     ``dynamic`` goes to torch.compile: None (transformers' default: static first, then a dynamic
     batch dimension from the second batch size on) or True (one dynamic graph for every size).
     ``backend``: steerkit's eager backend (None: automatic; "cuda" builds or loads the CUDA
     extension first, whose launches cost the host less than Triton's). ``emit`` gets each batch
-    size's rows as soon as they are measured."""
+    size's rows as soon as they are measured.
+
+    ``pair``: what each sample's paired difference is taken against. "round": the unsteered
+    sample of the same round (one per round, measured first). "adjacent": an unsteered sample
+    measured right before it (a round then measures the unsteered model before every variant,
+    twice the time): on a host whose speed drifts within a round (eager decode is host-bound),
+    the two samples of a pair are then a fraction of a second apart."""
+    if pair not in ("round", "adjacent"):
+        raise ValueError(f"pair must be 'round' or 'adjacent', got {pair!r}")
     from transformers import StaticCache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -285,26 +293,41 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     measure()
                     measure()
                 log(f"# {mode} {phase} B={B}: warm-up {time.time() - t0:.0f} s")
+                before: Dict[tuple, List[float]] = {c: [] for c in cases}  # the unsteered sample each pairs with
+                per_step = steps if phase == "decode" else 1
+
+                def sample(case):
+                    switch(case[0], case[1], B, mode == "eager")
+                    samples[case].append(measure())
+                    host[case].append(host_us[-1] / per_step)
+                    return samples[case][-1]
+
                 for _ in range(rounds):
                     gc.collect()
-                    for name, assign in cases:
-                        switch(name, assign, B, mode == "eager")
-                        samples[(name, assign)].append(measure())
-                        host[(name, assign)].append(host_us[-1] / (steps if phase == "decode" else 1))
+                    if pair == "round" or len(cases) == 1:
+                        base_now = sample(cases[0])
+                    for case in cases[1:]:
+                        if pair == "adjacent":
+                            base_now = sample(cases[0])
+                        before[case].append(base_now)
+                        sample(case)
+                before[cases[0]] = samples[cases[0]]
                 switch("none", "-", B)  # every hook back in place
                 base_xs = samples[("none", "-")]
                 base = statistics.median(base_xs)
                 host_base = statistics.median(host[("none", "-")])
                 for (name, assign), xs in samples.items():
                     med = statistics.median(xs)
-                    # paired: each round's sample against the same round's unsteered sample, so
-                    # the host's slow and fast periods (eager runs are host-bound) cancel
-                    paired = sorted(100.0 * (x / b - 1.0) for x, b in zip(xs, base_xs))
+                    # paired: each sample against its unsteered sample (the round's, or the one
+                    # right before it), so the host's slow and fast periods (eager runs are
+                    # host-bound) cancel
+                    paired = sorted(100.0 * (x / b - 1.0) for x, b in zip(xs, before[(name, assign)]))
                     row = dict(shape=shape, mode=mode, phase=phase, batch=B, seq=S, variant=name, assign=assign,
                                strength=strength,
                                us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=steps,
                                overhead_pct=100.0 * (med / base - 1.0), paired_pct=statistics.median(paired),
                                paired_q1=paired[len(paired) // 4], paired_q3=paired[(3 * len(paired)) // 4],
+                               pair=pair,
                                layers_steered=0 if name == "none" else n_layers,
                                dynamic=str(dynamic) if mode == "compiled" else "-",
                                backend=(backend or "auto") if mode == "eager" else "-",
