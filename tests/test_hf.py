@@ -244,6 +244,14 @@ def test_sites_wrap_forward_and_detach_unwraps():
     again.detach()
     assert torch.equal(_logits(model), base)
 
+    import gc
+    import weakref
+    handle = I.attach(model, ["resid_post.1"], capacity=2)  # dropped while attached: collectable
+    ref = weakref.ref(model)
+    del model, block, handle, again, ours, own, mine
+    gc.collect()
+    assert ref() is None
+
 
 def test_capture_sees_steering_attached_before_it():
     """capture runs at a site after the steering already there, pre and out alike."""

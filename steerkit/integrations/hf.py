@@ -22,7 +22,6 @@ a compiled model's inputs and guards do not grow with the number of sites.
 """
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -191,11 +190,11 @@ class _Calls:
 
         self.forward = forward
         module.forward = forward
-        _CALLS[module] = self
+        module.__dict__[_KEY] = self  # on the module, not in a global table: dropped with it
 
     @staticmethod
     def at(module: torch.nn.Module) -> "_Calls":
-        calls = _CALLS.get(module)
+        calls = module.__dict__.get(_KEY)
         return calls if calls is not None else _Calls(module)
 
     def remove(self, fn) -> None:
@@ -208,10 +207,10 @@ class _Calls:
             del self.module.forward
         else:
             self.module.forward = self.own
-        _CALLS.pop(self.module, None)
+        del self.module.__dict__[_KEY]
 
 
-_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_KEY = "_steerkit_calls"
 
 
 class SiteHandle:
@@ -231,7 +230,7 @@ class SiteHandle:
 
     def park(self) -> None:
         if self.active:
-            _CALLS[self.module].remove(self.fn)
+            self.module.__dict__[_KEY].remove(self.fn)
             self.active = False
 
     remove = park
@@ -240,7 +239,7 @@ class SiteHandle:
 def site_calls(module: torch.nn.Module, kind: Optional[str] = None) -> int:
     """How many steerkit functions run at ``module`` (0: its own forward runs as it is); of one
     ``kind`` only: "pre" (before its forward) or "out" (on its output)."""
-    calls = _CALLS.get(module)
+    calls = module.__dict__.get(_KEY)
     if calls is None:
         return 0
     return {None: len(calls.pre) + len(calls.post), "pre": len(calls.pre), "out": len(calls.post)}[kind]
