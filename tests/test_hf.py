@@ -246,9 +246,10 @@ def test_sites_wrap_forward_and_detach_unwraps():
 
     import gc
     import weakref
-    handle = I.attach(model, ["resid_post.1"], capacity=2)  # dropped while attached: collectable
-    ref = weakref.ref(model)
-    del model, block, handle, again, ours, own, mine
+    other = _tiny("llama")
+    dropped = I.attach(other, ["resid_post.1"], capacity=2)  # dropped while attached: collectable
+    ref = weakref.ref(other)
+    del other, dropped
     gc.collect()
     assert ref() is None
 

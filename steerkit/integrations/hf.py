@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import torch
 
 from steerkit import ops
-from steerkit.ops._registry import bump_versions as _bump_version
+from steerkit.ops._registry import bump_versions
 from steerkit.ops.steer import prepared_launch
 from steerkit.steering import SteeringTable
 
@@ -199,8 +199,7 @@ class _Calls:
 
     def remove(self, fn) -> None:
         for fns in (self.pre, self.post):
-            if any(f is fn for f in fns):
-                fns[:] = [f for f in fns if f is not fn]
+            fns[:] = [f for f in fns if f is not fn]
         if self.pre or self.post or self.module.__dict__.get("forward") is not self.forward:
             return  # still in use, or wrapped by someone else since: stays, a pass-through once empty
         if self.own is None:
@@ -521,8 +520,9 @@ class Steering:
         h of the same type, shape, dtype and device, without autograd. That is every layer of
         every eager decode step after the first, where this is the only host work steering adds,
         so it checks those few things and launches; anything else takes the general path."""
+        # last[0]: (epoch, ids version, position_ids, shape, dtype, device, backend, table
+        # replacements, launch, config), or None
         last = [None]
-        bump = _bump_version
 
         def fn(h):
             ids = self._ids
@@ -537,7 +537,7 @@ class Steering:
                     and e[3] == h.shape and e[4] is h.dtype and type(h) is torch.Tensor and e[5] == h.get_device()
                     and e[6] == self.backend and e[7] == table._replaced and not torch.is_grad_enabled()
                     and h.is_contiguous() and e[8](h)):
-                bump((h,))
+                bump_versions((h,))
                 return None
             last[0] = None
             config = self._config_for(h)
@@ -546,7 +546,7 @@ class Steering:
             ops.steer_(h, config, table, backend=self.backend, validate=False)
             run = prepared_launch(h, config, table, self.backend)
             launch = None if run is None else run.direct()
-            if launch is not None:  # also keeps config alive: its id() is what steer_ keys on
+            if launch is not None:  # holds config too: a prepared launch keeps only its address
                 last[0] = (self._epoch, ids._version, self._pos, h.shape, h.dtype, h.get_device(), self.backend,
                            table._replaced, launch, config)
             return None
