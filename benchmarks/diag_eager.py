@@ -31,11 +31,10 @@ sk = M._SteerkitVariant(model, "add", params, 4, backend)
 hk = M._HookVariant(model, "add", params)
 parked = {"sk": M._Parked(sk.handle._handles), "hk": M._Parked(hk.handles)}
 from steerkit.kernels._launch import Prepared
-real_call = Prepared.__call__
+real_bound = Prepared.bound
 mode = {"launch": True}
-def maybe_call(self, x):
-    return real_call(self, x) if mode["launch"] else True
-Prepared.__call__ = maybe_call
+stub = lambda x: True  # noqa: E731  (sk-nolaunch: a site's launch does nothing)
+Prepared.bound = lambda self: real_bound(self) if mode["launch"] else stub
 ids = torch.ones(B, dtype=torch.int32, device=dev)
 def use(name):
     sk.off(); hk.off()

@@ -106,14 +106,29 @@ class Prepared:
 
     def __call__(self, x) -> bool:
         """Launch on x (shaped, strided and typed like the prepared rows); False if not done."""
-        p = x.data_ptr()
-        k = self.knobs
-        if ((self.aligned and p % 16) or k.launch_enter_hook is not self.enter or self.enter.calls
-                or k.launch_exit_hook is not self.exit or self.exit.calls or self.get_device() != self.device):
-            return False
-        h = self.head
-        self.launch(h[0], h[1], h[2], self.stream(self.device), *h[4:], p, p, *self.tail)
-        return True
+        return self.bound()(x)
+
+    def bound(self):
+        """``self.__call__`` as a plain closure over the fixed arguments, made once: no method
+        dispatch, attribute lookups or argument slicing per call (inside an eager decode step each
+        of those costs more than in a warm loop: README, "Eager decode")."""
+        go = self.__dict__.get("_go")
+        if go is None:
+            launch, stream, get_device, device = self.launch, self.stream, self.get_device, self.device
+            g0, g1, g2 = self.head[:3]
+            mid, tail = self.head[4:], self.tail
+            knobs, enter, exit_ = self.knobs, self.enter, self.exit
+            mask = 15 if self.aligned else 0  # Triton specialised the row pointer on 16-byte alignment
+
+            def go(x) -> bool:
+                p = x.data_ptr()
+                if (p & mask or knobs.launch_enter_hook is not enter or enter.calls
+                        or knobs.launch_exit_hook is not exit_ or exit_.calls or get_device() != device):
+                    return False
+                launch(g0, g1, g2, stream(device), *mid, p, p, *tail)
+                return True
+            self._go = go
+        return go
 
 
 class Repeat:

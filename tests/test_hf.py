@@ -145,6 +145,18 @@ def test_eager_decode_steps_reuse_the_prepared_launch(monkeypatch):
     # call of the second generate reuses a launch
     assert len(runs) == 4 and len(direct) == 4 and not made, (runs, direct, made)
     assert torch.equal(again, out)
+    same = torch.tensor([a, 0, a], dtype=torch.int32, device=device)
+    handle.assign(same)
+    with torch.no_grad():
+        model.generate(IDS.to(device), **kw)
+    runs.clear()
+    direct.clear()
+    handle.assign(None)
+    handle.assign(same)  # off and on again with the same ids tensor: an unchanged assignment
+    with torch.no_grad():
+        assert torch.equal(model.generate(IDS.to(device), **kw), out)
+    # each site keeps two launches (the prefill's and the decode steps'), and both still hold
+    assert not runs and len(direct) == 2 * 4 and not made, (runs, direct, made)
     handle.backend = "torch"
     with torch.no_grad():
         assert torch.equal(model.generate(IDS.to(device), **kw), out)

@@ -239,6 +239,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
     rows: List[dict] = []
 
     parked = {name: _Parked(_handles(v)) for name, v in variants.items() if v is not None}
+    id_tensors: Dict[tuple, torch.Tensor] = {}
 
     def switch(name: str, assign: str, B: int, eager: bool = False):
         for other, v in variants.items():
@@ -249,8 +250,13 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                 else:
                     parked[other].unpark()
         if variants[name] is not None:
-            ids = torch.ones(B, dtype=torch.int32) if assign == "shared" else torch.arange(1, B + 1, dtype=torch.int32)
-            variants[name].on(ids.to(device))
+            # one ids tensor per assignment, reused: switching a variant back on re-assigns the same
+            # tensor, which keeps the sites' launches (as in a loop of generate calls)
+            key = (assign, B)
+            if key not in id_tensors:
+                ids = torch.ones(B, dtype=torch.int32) if assign == "shared" else torch.arange(1, B + 1, dtype=torch.int32)
+                id_tensors[key] = ids.to(device)
+            variants[name].on(id_tensors[key])
 
     cases = [("none", "-")] + [(n, a) for n in variants if n != "none" for a in assigns]
     for mode in modes:

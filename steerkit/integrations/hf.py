@@ -306,7 +306,8 @@ class Steering:
         self._pad: Optional[torch.Tensor] = None  # [batch, prompt length] True on padding
         self._pos: Optional[torch.Tensor] = None  # position_ids of the current forward
         self._configs = {}  # eager: per-token ids per (leading shape, device); see _config_for
-        self._epoch = 0  # counts assignments: the sites' last launches (see _hook) hold while it stands
+        self._epoch = 0  # counts assignments: the sites' kept launches (see _hook) hold while it stands
+        self._assignment = None  # what the current epoch was made for (see _assigned)
         self._used = set()
         self._pos_handle = None  # the positions hook, registered once a position rule needs it
         # the tables of all sites of one width live in one TableStack: compiled, the hooks read
@@ -369,10 +370,8 @@ class Steering:
         "generated" and "last_prompt" need ``attention_mask`` (the prompt batch's mask), which
         also keeps padding tokens untouched.
         """
-        self._tokens = None
-        self._epoch += 1
         if ids is None:
-            self._ids = None
+            self._tokens = self._ids = None
             return
         t = torch.as_tensor(ids, dtype=torch.int32)
         if t.dim() > 1:
@@ -394,7 +393,8 @@ class Steering:
             self._pad, self._prompt_len = ~mask, mask.sum(dim=1)
         else:
             self._pad = self._prompt_len = None
-        self._ids = t.to(self.device)
+        self._tokens, self._ids = None, t.to(self.device)
+        self._assigned()
 
     def assign_tokens(self, config: torch.Tensor) -> None:
         """One configuration id per token, shaped like the hidden states without d: [batch, seq],
@@ -403,9 +403,9 @@ class Steering:
         if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.capacity):
             raise ValueError(f"assign_tokens: ids must be in 0..{self.capacity}")
         self._rule, self._pad, self._prompt_len = "all", None, None
-        self._epoch += 1
         self._tokens = t.to(self.device)
         self._ids = self._tokens  # steering on
+        self._assigned()
 
     def use_ids(self, ids: Optional[torch.Tensor]) -> None:
         """Read the per-sequence configuration ids from ``ids``, an int32 [batch] tensor on the
@@ -413,8 +413,20 @@ class Steering:
         engine's slot table: compiled and captured graphs keep reading it where it is). No value
         check here: the caller keeps the ids in 0..capacity. None: steering off."""
         self._tokens, self._rule, self._pad, self._prompt_len = None, "all", None, None
-        self._epoch += 1
         self._ids = ids
+        if ids is not None:
+            self._assigned()
+
+    def _assigned(self) -> None:
+        """A new epoch (the sites' kept launches lapse) unless this assignment is the one the
+        current epoch was made for: the same ids (or tokens) and padding tensors and the same
+        rule. Switching steering off and on again with the same ids tensor keeps the launches;
+        in-place writes to the ids are seen by the sites themselves (their version)."""
+        now = (self._ids, self._tokens, self._pad, self._rule)
+        last = self._assignment
+        if last is None or any(a is not b for a, b in zip(now[:3], last[:3])) or now[3] != last[3]:
+            self._epoch += 1
+            self._assignment = now  # holds the tensors: identity stays meaningful
 
     @staticmethod
     def packed(ids: Sequence[int], lengths: Sequence[int]) -> torch.Tensor:
@@ -514,41 +526,46 @@ class Steering:
     def _hook(self, table: SteeringTable, stack: int, slot: int):
         """The function a site runs on its hidden states h.
 
-        Eagerly, each site keeps its last launch (``steerkit.ops.steer.prepared_launch``) and reuses it
-        while its inputs are the same: no new assignment (``_epoch``), the ids unwritten (their
+        Eagerly, each site keeps its last two launches (``steerkit.ops.steer.prepared_launch``) and
+        reuses one while its inputs are the same: no new assignment (``_epoch``), the ids unwritten (their
         version), the same position_ids object, the same backend request and table tensors, and
         h of the same type, shape, dtype and device, without autograd. That is every layer of
         every eager decode step after the first, where this is the only host work steering adds,
         so it checks those few things and launches; anything else takes the general path."""
-        # last[0]: (epoch, ids version, position_ids, shape, dtype, device, backend, table
-        # replacements, launch, config), or None
-        last = [None]
+        # kept[i]: (epoch, ids version, position_ids, shape, dtype, device, backend, table
+        # replacements, launch, config), or None; two of them, the latest first, so that a
+        # prefill does not evict the decode steps' launch. Inside a decode step every attribute
+        # lookup and method call costs several times what it does in a warm loop, so the checks
+        # read closure variables where they can and the launch is a plain closure (Prepared.bound).
+        kept = [None, None]
+        is_compiling, grad_on, bump, Tensor = torch.compiler.is_compiling, torch.is_grad_enabled, bump_versions, torch.Tensor
 
         def fn(h):
             ids = self._ids
             if ids is None:
                 return None
-            if torch.compiler.is_compiling():
+            if is_compiling():
                 # out of place (a new output, as a plain hook returns, fuses best), through self,
                 # not the table: one route to the stacked tensors for every site's hook
                 return ops.steer_stacked(h, self._build_config(h), self._stacks[stack], slot)
-            e = last[0]
-            if (e is not None and e[0] == self._epoch and e[1] == ids._version and e[2] is self._pos
-                    and e[3] == h.shape and e[4] is h.dtype and type(h) is torch.Tensor and e[5] == h.get_device()
-                    and e[6] == self.backend and e[7] == table._replaced and not torch.is_grad_enabled()
-                    and h.is_contiguous() and e[8](h)):
-                bump_versions((h,))
-                return None
-            last[0] = None
+            for e in kept:
+                if (e is not None and e[0] == self._epoch and e[1] == ids._version and e[2] is self._pos
+                        and e[3] == h.shape and e[4] is h.dtype and type(h) is Tensor and e[5] == h.get_device()
+                        and e[6] == self.backend and e[7] == table._replaced and not grad_on()
+                        and h.is_contiguous() and e[8](h)):
+                    if e is not kept[0]:
+                        kept.reverse()
+                    bump((h,))
+                    return None
             config = self._config_for(h)
-            if h.requires_grad and torch.is_grad_enabled():  # out of place when gradients flow
+            if h.requires_grad and grad_on():  # out of place when gradients flow
                 return ops.steer(h, config, table, backend=self.backend, validate=False)
             ops.steer_(h, config, table, backend=self.backend, validate=False)
             run = prepared_launch(h, config, table, self.backend)
             launch = None if run is None else run.direct()
             if launch is not None:  # holds config too: a prepared launch keeps only its address
-                last[0] = (self._epoch, ids._version, self._pos, h.shape, h.dtype, h.get_device(), self.backend,
-                           table._replaced, launch, config)
+                kept[1], kept[0] = kept[0], (self._epoch, ids._version, self._pos, h.shape, h.dtype, h.get_device(),
+                                             self.backend, table._replaced, launch, config)
             return None
         return fn
 

@@ -209,7 +209,7 @@ class FastLaunch:
         Triton launch is still to be prepared (the next ``__call__`` prepares it)."""
         p = self.prepared
         if p:
-            return p
+            return p.bound()
         if p is None and self.prepare is not None:
             return None
         launch, args = self.launch, self.args
