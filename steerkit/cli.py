@@ -53,9 +53,10 @@ def main(argv=None) -> int:
                    help="steerkit's eager backend (default automatic; cuda builds the extension first)")
     m.add_argument("--strength", type=float, default=1.0,
                    help="factor on the added vectors (0: the same work with the activations unchanged)")
-    m.add_argument("--pair", default="round", choices=("round", "adjacent"),
+    m.add_argument("--pair", default="round", choices=("round", "adjacent", "step"),
                    help="pair each sample with the round's unsteered sample, or with one measured right "
-                        "before it (adjacent: twice the time, steadier on a drifting host)")
+                        "before it (adjacent: twice the time, steadier on a drifting host); step: eager "
+                        "decode samples are single steps, each right after an unsteered one (steadiest)")
     m.add_argument("--out", default=None, help="folder for the JSONL rows")
     dm = sub.add_parser("demo", help="steer a small real model (Gemma 3 270M) and show the difference")
     dm.add_argument("--layer", type=int, default=None, help="block whose output is steered (default: a third deep)")

@@ -102,3 +102,29 @@ def test_adjacent_pairing_measures_the_unsteered_model_before_every_variant(monk
     assert timed == want
     with pytest.raises(ValueError, match="pair"):
         M.run(shape="tiny", batches=(2,), pair="next", device="cpu", log=lambda s: None)
+
+
+def test_step_pairing_times_single_steps_after_an_unsteered_one(monkeypatch):
+    """pair="step" (eager decode): after the warm-up, one prefill fills a running KV cache, then
+    each sample is an untimed and a timed decode step of one case, every steered pair right
+    after an unsteered pair; rows say 1 step per sample."""
+    seen = []
+    build = M.build_model
+
+    def spied(*a, **k):
+        model = build(*a, **k)
+
+        def pre(m, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            seen.append((site_calls(m) + len(m._forward_hooks) > 0, h.shape[1]))
+        model.model.layers[0].register_forward_pre_hook(pre, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(M, "build_model", spied)
+    rows = M.run(shape="tiny", batches=(2,), modes=("eager",), phases=("decode",), kinds=("add",), hook_kinds=("mix",),
+                 assigns=("distinct",), steps=1, rounds=2, prompt=4, device="cpu", pair="step", log=lambda s: None)
+    assert {r["pair"] for r in rows} == {"step"} and {r["steps"] for r in rows} == {1}
+    timed = seen[3 * 2 * 2:]  # the warm-up: each of the 3 cases measured twice, a prefill and a step each
+    off, on = (False, 1), (True, 1)
+    want = [(False, 4)] + [off, off, on, on] * 2 * 2
+    assert timed == want, timed

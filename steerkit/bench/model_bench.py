@@ -158,6 +158,9 @@ def _handles(variant) -> list:
     return variant.handle._handles if isinstance(variant, _SteerkitVariant) else variant.handles
 
 
+STEP_SPAN = 512  # pair="step": decode steps on one KV cache before it is filled again
+
+
 def _timer(device: str, host: Optional[List[float]] = None):
     """Wall time of fn in µs (CUDA events on a GPU); Python's garbage collector is held off
     during the measurement so that its pauses do not land in one variant's sample (the rounds
@@ -209,9 +212,14 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
     sample of the same round (one per round, measured first). "adjacent": an unsteered sample
     measured right before it (a round then measures the unsteered model before every variant,
     twice the time): on a host whose speed drifts within a round (eager decode is host-bound),
-    the two samples of a pair are then a fraction of a second apart."""
-    if pair not in ("round", "adjacent"):
-        raise ValueError(f"pair must be 'round' or 'adjacent', got {pair!r}")
+    the two samples of a pair are then a fraction of a second apart. "step" (eager decode; other
+    cases pair as "adjacent"): a sample is one decode step, and each steered step is paired with
+    an unsteered step right before it, both timed alone after an untimed step that follows the
+    switch, on one KV cache that runs on across samples (re-filled every ``STEP_SPAN`` steps):
+    the two steps of a pair are tens of ms apart, not a second, so the host's drift, which moves single steps by
+    tens of percent on the H100 machine, cancels best. ``rounds`` is then the number of pairs."""
+    if pair not in ("round", "adjacent", "step"):
+        raise ValueError(f"pair must be 'round', 'adjacent' or 'step', got {pair!r}")
     from transformers import StaticCache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -268,8 +276,32 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     log(f"# deadline reached: skipping {mode} {phase} batch {B} and later")
                     return rows
                 S = prompt if phase == "decode" else prefill_len
+                stepping = pair == "step" and mode == "eager" and phase == "decode"
                 ids0 = torch.randint(0, model.config.vocab_size, (B, S), device=device)
-                cache = StaticCache(config=model.config, max_cache_len=S + steps + 2) if phase == "decode" else None
+                span = max(steps, STEP_SPAN) if stepping else steps
+                cache = StaticCache(config=model.config, max_cache_len=S + span + 2) if phase == "decode" else None
+                state = {"pos": None, "tok": None}  # stepping: where the running cache is
+
+                def one_step(case) -> float:
+                    """Switch to ``case``, run one untimed decode step, then time one."""
+                    switch(case[0], case[1], B, True)
+
+                    def decode_one():
+                        p = state["pos"]
+                        state["pos"] = p + 1
+                        pos = torch.full((1,), p, device=device, dtype=torch.long)
+                        o = model(input_ids=state["tok"], past_key_values=cache, cache_position=pos,
+                                  position_ids=pos.expand(B, 1))
+                        state["tok"] = o.logits[:, -1:].argmax(-1)
+
+                    with torch.no_grad():
+                        if state["pos"] is None or state["pos"] + 2 > S + span:  # (re-)fill the cache
+                            cache.reset()
+                            out = model(input_ids=ids0, past_key_values=cache,
+                                        cache_position=torch.arange(S, device=device), logits_to_keep=1)
+                            state["pos"], state["tok"] = S, out.logits[:, -1:].argmax(-1)
+                        decode_one()
+                        return timer(decode_one)
 
                 def measure() -> float:
                     if phase == "prefill":
@@ -300,9 +332,13 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     measure()
                 log(f"# {mode} {phase} B={B}: warm-up {time.time() - t0:.0f} s")
                 before: Dict[tuple, List[float]] = {c: [] for c in cases}  # the unsteered sample each pairs with
-                per_step = steps if phase == "decode" else 1
+                per_step = steps if phase == "decode" and not stepping else 1
 
                 def sample(case):
+                    if stepping:
+                        samples[case].append(one_step(case))
+                        host[case].append(host_us[-1])
+                        return samples[case][-1]
                     switch(case[0], case[1], B, mode == "eager")
                     samples[case].append(measure())
                     host[case].append(host_us[-1] / per_step)
@@ -313,7 +349,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     if pair == "round" or len(cases) == 1:
                         base_now = sample(cases[0])
                     for case in cases[1:]:
-                        if pair == "adjacent":
+                        if pair != "round":
                             base_now = sample(cases[0])
                         before[case].append(base_now)
                         sample(case)
@@ -330,10 +366,10 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     paired = sorted(100.0 * (x / b - 1.0) for x, b in zip(xs, before[(name, assign)]))
                     row = dict(shape=shape, mode=mode, phase=phase, batch=B, seq=S, variant=name, assign=assign,
                                strength=strength,
-                               us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=steps,
+                               us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=per_step,
                                overhead_pct=100.0 * (med / base - 1.0), paired_pct=statistics.median(paired),
                                paired_q1=paired[len(paired) // 4], paired_q3=paired[(3 * len(paired)) // 4],
-                               pair=pair,
+                               pair="adjacent" if pair == "step" and not stepping else pair,
                                layers_steered=0 if name == "none" else n_layers,
                                dynamic=str(dynamic) if mode == "compiled" else "-",
                                backend=(backend or "auto") if mode == "eager" else "-",
