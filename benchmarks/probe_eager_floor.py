@@ -1,0 +1,117 @@
+"""How low can an eager steering site go? Paired single decode steps of a Llama-3.2-1B-shaped
+model (random weights, bf16, all 16 resid_post sites steered with add), against the unsteered step:
+
+  sk    steerkit's sites as they are
+  raw   each site replaced by a bare call of the Triton kernel's C launcher with every argument
+        fixed: the floor of one launch per layer, no checks
+  lean  steerkit's checks written inline in one closure around that C launch
+
+Usage (GPU): python benchmarks/probe_eager_floor.py [batch] [rounds]"""
+import statistics, subprocess, sys, time, gc
+import torch
+from steerkit.bench import model_bench as M
+from steerkit.integrations import hf
+from transformers import StaticCache
+print("# commit", subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip())
+B = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+dev = "cuda"
+model = M.build_model("llama-3.2-1b", dev, torch.bfloat16)
+params = M._Params(4, model.config.hidden_size, dev)
+sk = M._SteerkitVariant(model, "add", params, 4, None)
+ids = torch.ones(B, dtype=torch.int32, device=dev)
+S0 = 32
+cache = StaticCache(config=model.config, max_cache_len=S0 + 4000)
+tok0 = torch.randint(0, model.config.vocab_size, (B, S0), device=dev)
+sync = torch.cuda.synchronize
+blocks = list(model.model.layers)
+with torch.no_grad():
+    model(input_ids=tok0, past_key_values=cache, cache_position=torch.arange(S0, device=dev), logits_to_keep=1)
+    tok = tok0[:, -1:]
+    pos_i = [S0]
+    def step():
+        pos = torch.full((1,), pos_i[0], device=dev, dtype=torch.long)
+        pos_i[0] += 1
+        if pos_i[0] > S0 + 3900: pos_i[0] = S0
+        return model(input_ids=tok, past_key_values=cache, cache_position=pos, position_ids=pos.expand(B, 1))
+    sk.on(ids); step(); step(); sync()
+    preps = []
+    for l in range(len(blocks)):
+        t = sk.handle.tables[f"resid_post.{l}"]
+        runs = [e[3] for e in t._launches.values()]
+        preps.append(runs[-1].prepared)
+    print("launch types", {type(p).__name__ for p in preps})
+    v = params.vec[0].to(torch.bfloat16)
+    def raw_fn(p):
+        hd = p.head
+        head = (hd[0], hd[1], hd[2], p.stream(p.device)) + tuple(hd[4:])
+        tail, C = p.tail, p.launch
+        def f(h):
+            ptr = h.data_ptr()
+            C(*head, ptr, ptr, *tail)
+        return f
+    def prep_fn(p):
+        def f(h):
+            p(h)
+        return f
+    def add_fn(h):
+        h.add_(v)
+    from triton import knobs
+    from steerkit.ops._registry import bump_versions
+    kr = knobs.runtime
+    state = [object()]
+    ids_t = sk.handle._ids
+    def lean_fn(p, blk):
+        hd = p.head
+        head = (hd[0], hd[1], hd[2], p.stream(p.device)) + tuple(hd[4:])
+        tail, C = p.tail, p.launch
+        enter, exit_ = p.enter, p.exit
+        e = (state[0], ids_t._version, torch.Size((B, 1, 2048)), torch.bfloat16, 0)
+        gd = torch._C._cuda_getDevice
+        ige = torch.is_grad_enabled
+        def f(h):
+            if (e[0] is state[0] and e[1] == ids_t._version and h.shape == e[2] and h.dtype is e[3]
+                    and type(h) is torch.Tensor and h.get_device() == e[4] and not ige() and h.is_contiguous()
+                    and kr.launch_enter_hook is enter and not enter.calls and kr.launch_exit_hook is exit_
+                    and not exit_.calls and gd() == 0):
+                ptr = h.data_ptr()
+                C(*head, ptr, ptr, *tail)
+                bump_versions((h,))
+                return None
+            raise RuntimeError("lean miss")
+        return f
+    variants = {
+        "raw": [hf.hook_site(b, "out", raw_fn(p)) for b, p in zip(blocks, preps)],
+        "prep": [hf.hook_site(b, "out", prep_fn(p)) for b, p in zip(blocks, preps)],
+        "lean": [hf.hook_site(b, "out", lean_fn(p, b)) for b, p in zip(blocks, preps)],
+        "add_": [hf.hook_site(b, "out", add_fn) for b in blocks],
+        "noop": [hf.hook_site(b, "out", lambda h: None) for b in blocks],
+    }
+    for hs in variants.values():
+        for x in hs: x.park()
+    skp = M._Parked(sk.handle._handles)
+    names = ["none", "sk", "raw", "lean"]
+    def use(n):
+        skp.park()
+        for hs in variants.values():
+            for x in hs: x.park()
+        if n == "sk": skp.unpark()
+        elif n in variants:
+            for x in variants[n]: x.unpark()
+    for n in names:
+        use(n); [step() for _ in range(5)]
+    sync()
+    gc.disable()
+    t = {n: [] for n in names}
+    for r in range(ROUNDS):
+        for n in names:
+            use(n); step(); sync()
+            t0 = time.perf_counter(); step(); t1 = time.perf_counter()
+            sync()
+            t[n].append((t1 - t0) * 1e6)
+    gc.enable()
+    for n in names:
+        paired = [a / b - 1 for a, b in zip(t[n], t["none"])]
+        q = statistics.quantiles(paired, n=4)
+        print(f"{n:6s} host {statistics.median(t[n]):9.1f} us  paired {100*statistics.median(paired):+6.2f}%  "
+              f"[{100*q[0]:+.2f}, {100*q[2]:+.2f}]  diff {statistics.median([a-b for a,b in zip(t[n], t['none'])]):+8.1f} us")
