@@ -25,15 +25,11 @@ cache = StaticCache(config=model.config, max_cache_len=S0 + 4000)
 tok0 = torch.randint(0, model.config.vocab_size, (B, S0), device=dev)
 sync = torch.cuda.synchronize
 blocks = list(model.model.layers)
+decode = M.DecodeSteps(model, cache, S0 + 4000, tok0)
 with torch.no_grad():
-    model(input_ids=tok0, past_key_values=cache, cache_position=torch.arange(S0, device=dev), logits_to_keep=1)
-    tok = tok0[:, -1:]
-    pos_i = [S0]
     def step():
-        pos = torch.full((1,), pos_i[0], device=dev, dtype=torch.long)
-        pos_i[0] += 1
-        if pos_i[0] > S0 + 3900: pos_i[0] = S0
-        return model(input_ids=tok, past_key_values=cache, cache_position=pos, position_ids=pos.expand(B, 1))
+        decode.room(1)  # refills the cache (a prefill) once in 4000 steps
+        return decode.step()
     sk.on(ids); step(); step(); sync()
     preps = []
     for l in range(len(blocks)):

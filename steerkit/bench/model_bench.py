@@ -161,6 +161,35 @@ def _handles(variant) -> list:
 STEP_SPAN = 512  # pair="step": decode steps on one KV cache before it is filled again
 
 
+class DecodeSteps:
+    """Single eager decode steps on a KV cache of ``length`` positions that runs on
+    (``pair="step"`` and the eager diagnostics): ``room(n)`` fills the cache with the prompt
+    ``ids`` again when fewer than n steps are left in it, ``step()`` runs the next step (greedy
+    token fed back)."""
+
+    def __init__(self, model, cache, length: int, ids: torch.Tensor):
+        self.model, self.cache, self.length, self.ids = model, cache, length, ids
+        self.pos, self.tok = None, None
+
+    @torch.no_grad()
+    def room(self, n: int) -> None:
+        S = self.ids.shape[1]
+        if self.pos is None or self.pos + n > self.length:
+            self.cache.reset()
+            out = self.model(input_ids=self.ids, past_key_values=self.cache,
+                             cache_position=torch.arange(S, device=self.ids.device), logits_to_keep=1)
+            self.pos, self.tok = S, out.logits[:, -1:].argmax(-1)
+
+    @torch.no_grad()
+    def step(self):
+        pos = torch.full((1,), self.pos, device=self.ids.device, dtype=torch.long)
+        self.pos += 1
+        out = self.model(input_ids=self.tok, past_key_values=self.cache, cache_position=pos,
+                         position_ids=pos.expand(self.ids.shape[0], 1))
+        self.tok = out.logits[:, -1:].argmax(-1)
+        return out
+
+
 def _timer(device: str, host: Optional[List[float]] = None):
     """Wall time of fn in µs (CUDA events on a GPU); Python's garbage collector is held off
     during the measurement so that its pauses do not land in one variant's sample (the rounds
@@ -280,28 +309,14 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                 ids0 = torch.randint(0, model.config.vocab_size, (B, S), device=device)
                 span = max(steps, STEP_SPAN) if stepping else steps
                 cache = StaticCache(config=model.config, max_cache_len=S + span + 2) if phase == "decode" else None
-                state = {"pos": None, "tok": None}  # stepping: where the running cache is
+                stepper = DecodeSteps(model, cache, S + span + 2, ids0) if stepping else None
 
                 def one_step(case) -> float:
                     """Switch to ``case``, run one untimed decode step, then time one."""
                     switch(case[0], case[1], B, True)
-
-                    def decode_one():
-                        p = state["pos"]
-                        state["pos"] = p + 1
-                        pos = torch.full((1,), p, device=device, dtype=torch.long)
-                        o = model(input_ids=state["tok"], past_key_values=cache, cache_position=pos,
-                                  position_ids=pos.expand(B, 1))
-                        state["tok"] = o.logits[:, -1:].argmax(-1)
-
-                    with torch.no_grad():
-                        if state["pos"] is None or state["pos"] + 2 > S + span:  # (re-)fill the cache
-                            cache.reset()
-                            out = model(input_ids=ids0, past_key_values=cache,
-                                        cache_position=torch.arange(S, device=device), logits_to_keep=1)
-                            state["pos"], state["tok"] = S, out.logits[:, -1:].argmax(-1)
-                        decode_one()
-                        return timer(decode_one)
+                    stepper.room(2)
+                    stepper.step()
+                    return timer(stepper.step)
 
                 def measure() -> float:
                     if phase == "prefill":
