@@ -1,4 +1,6 @@
 
+import operator
+
 import pytest
 import torch
 
@@ -266,6 +268,9 @@ def test_stacked_tables_are_independent_slices(backend):
         torch.testing.assert_close(ops.steer_stacked(h, config, t.stack, slot), _ref(h, config, t).to(h.dtype),
                                    rtol=1e-5, atol=1e-5)
     assert tables[1].uses == tables[0].uses == (True, True, 3, True)  # one record for the stack
+    names = reference.TABLE_TENSORS  # SteeringTable.tensors() is written out: it must follow the one list
+    for t in (tables[0], tables[0].stack):
+        assert len(t.tensors()) == len(names) and all(map(operator.is_, t.tensors(), (getattr(t, n) for n in names)))
     with pytest.raises(ValueError, match="slot 3"):
         SteeringTable(d, 6, 3, stack=tables[0].stack, slot=3)
     with pytest.raises(ValueError, match="d=8"):

@@ -24,6 +24,9 @@ RowParam = Union[Scalar, torch.Tensor]
 # Bits of SteeringTable.flags (kept here so every layer agrees on them).
 FLAG_DYNAMIC = 1  # apply the dynamic scale (w . x + b)
 FLAG_VECTOR = 2  # add strength * vector
+# a steering table's tensors, in the order steer() and the kernels take them (one list for the
+# table, its stack and the op)
+TABLE_TENSORS = ("scale", "flags", "dyn_w", "dyn_b", "dirs", "dir_val", "n_dirs", "vec", "strength")
 
 
 def _row(p: RowParam, x: torch.Tensor):

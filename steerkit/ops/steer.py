@@ -126,9 +126,6 @@ def steer(h: torch.Tensor, config: torch.Tensor, table, *, backend: Optional[str
     return call("steer", False, h, _params("steer", h, config, table, validate), backend, _compiled_reference(table))
 
 
-_PARTS = ("scale", "flags", "dyn_w", "dyn_b", "dirs", "dir_val", "n_dirs", "vec", "strength")
-
-
 def steer_stacked(h: torch.Tensor, config: torch.Tensor, stack, slot: int) -> torch.Tensor:
     """Out of place: ``steer(h, config, table)`` for the table at ``slot`` of a
     ``steerkit.steering.TableStack``, written for compiled models. It reads the table's rows out
@@ -148,6 +145,6 @@ def steer_stacked(h: torch.Tensor, config: torch.Tensor, stack, slot: int) -> to
         C.fail("steer_stacked", "slot", f"must be in 0..{stack.n - 1}, got {slot}")
     uses = _uses(stack._uses)
     scale, dyn, dirs, vec = uses[0] or uses[1], uses[1], uses[2] > 0, uses[3]
-    needed = (scale, True, dyn, dyn, dirs, dirs, dirs, vec, vec)  # per part, in _PARTS' order
-    parts = [getattr(stack, name)[slot] if need else None for name, need in zip(_PARTS, needed)]
+    needed = (scale, True, dyn, dyn, dirs, dirs, dirs, vec, vec)  # per tensor, in TABLE_TENSORS' order
+    parts = [getattr(stack, name)[slot] if need else None for name, need in zip(reference.TABLE_TENSORS, needed)]
     return reference.steer_uses(h, config, *parts, uses=uses)

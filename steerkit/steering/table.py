@@ -18,10 +18,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from steerkit.ops import _checks as C
-from steerkit.ops.reference import FLAG_DYNAMIC, FLAG_VECTOR
+from steerkit.ops.reference import FLAG_DYNAMIC, FLAG_VECTOR, TABLE_TENSORS
 
 Number = Union[int, float]
-_TENSOR_NAMES = frozenset(("scale", "flags", "dyn_w", "dyn_b", "dirs", "dir_val", "n_dirs", "vec", "strength"))
+_TENSOR_NAMES = frozenset(TABLE_TENSORS)
 
 
 class TableStack:
@@ -62,8 +62,7 @@ class TableStack:
 
     def tensors(self) -> Tuple[torch.Tensor, ...]:
         """The stacked tensors, in SteeringTable.tensors' order."""
-        return (self.scale, self.flags, self.dyn_w, self.dyn_b, self.dirs, self.dir_val,
-                self.n_dirs, self.vec, self.strength)
+        return tuple(getattr(self, name) for name in TABLE_TENSORS)
 
     def __repr__(self) -> str:
         return (f"TableStack(n={self.n}, d={self.d}, capacity={self.capacity}, "
@@ -135,7 +134,8 @@ class SteeringTable:
         return sorted(self._used)
 
     def tensors(self) -> Tuple[torch.Tensor, ...]:
-        """The tensors in the order the op and kernels take them."""
+        """The tensors in the order the op and kernels take them (``reference.TABLE_TENSORS``;
+        written out, as eager hot paths call this and Dynamo traces it)."""
         return (self.scale, self.flags, self.dyn_w, self.dyn_b, self.dirs, self.dir_val,
                 self.n_dirs, self.vec, self.strength)
 
