@@ -15,8 +15,8 @@ Every site holds a SteeringTable; configuration ids are shared across sites (id 
 request everywhere, the identity at sites it does not steer), so one per-sequence id tensor drives
 all of them. The sites run the fused op in place (out of place when gradients are needed) inside a
 replacement of the module's ``forward`` (see ``_Calls``: no torch hook, whose dispatch costs every
-call of the module host time), and eagerly each site reuses its last launch while its inputs are
-unchanged (``Steering._hook``). The tables of all sites of one width live in one TableStack:
+call of the module host time), and eagerly each site reuses one of its last two launches while
+its inputs are unchanged (``Steering._hook``). The tables of all sites of one width live in one TableStack:
 under torch.compile the sites read their rows out of its stacked tensors (ops.steer_stacked), so
 a compiled model's inputs and guards do not grow with the number of sites.
 """
