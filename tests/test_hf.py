@@ -163,6 +163,41 @@ def test_eager_decode_steps_reuse_the_prepared_launch(monkeypatch):
     handle.detach()
 
 
+def test_position_rules_keep_the_sites_launches(monkeypatch):
+    """With a position rule every forward brings new position_ids; the per-token ids are then
+    rewritten in place, so the sites keep their launches: a second generate runs on them alone,
+    its tokens equal those of the reference backend, and they differ from unsteered ones."""
+    import importlib
+
+    registry = importlib.import_module("steerkit.ops._registry")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _tiny("llama").to(device)
+    handle = I.attach(model, ["resid_post.0", "resid_post.1"], capacity=4, backend="triton")
+    a = handle.add({"resid_post.0": dict(vector=torch.randn(D), strength=3.0), "resid_post.1": dict(scale=0.5)})
+    ids = IDS.to(device)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # a left-padded row: its padding stays untouched
+    handle.assign([a, a, 0], positions="generated", attention_mask=mask)
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, attention_mask=mask)
+    with torch.no_grad():
+        model.generate(ids, **kw)  # the sites keep a prefill launch and a decode launch
+    runs = []
+    run = registry.FastLaunch.__call__
+    monkeypatch.setattr(registry.FastLaunch, "__call__", lambda self, h: runs.append(1) or run(self, h))
+    with torch.no_grad():
+        out = model.generate(ids, **kw)
+    assert not runs, runs  # no call took the general path
+    handle.backend = "torch"
+    with torch.no_grad():
+        assert torch.equal(out, model.generate(ids, **kw))
+    handle.assign(None)
+    with torch.no_grad():
+        plain = model.generate(ids, **kw)
+    S = ids.shape[1]
+    assert torch.equal(plain[2], out[2]) and not torch.equal(plain[:2, S:], out[:2, S:])
+    handle.detach()
+
+
 def test_site_launch_copy_follows_every_change():
     """Each site reuses its last eager launch while nothing it depends on changed. Every change
     between forwards of the same shape must reach the output: a new rule with the same ids and

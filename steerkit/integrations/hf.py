@@ -528,7 +528,8 @@ class Steering:
 
         Eagerly, each site keeps its last two launches (``steerkit.ops.steer.prepared_launch``) and
         reuses one while its inputs are the same: no new assignment (``_epoch``), the ids unwritten (their
-        version), the same position_ids object, the same backend request and table tensors, and
+        version), the same position_ids object or per-token ids rewritten in place for new ones
+        (``_config_for``), the same backend request and table tensors, and
         h of the same type, shape, dtype and device, without autograd. That is every layer of
         every eager decode step after the first, where this is the only host work steering adds,
         so it checks those few things and launches; anything else takes the general path."""
@@ -549,10 +550,12 @@ class Steering:
                 # not the table: one route to the stacked tensors for every site's hook
                 return ops.steer_stacked(h, self._build_config(h), self._stacks[stack], slot)
             for e in kept:
-                if (e is not None and e[0] == self._epoch and e[1] == ids._version and e[2] is self._pos
+                # new position_ids (position rules: every forward) rewrite the per-token ids in place,
+                # the same tensor the launch reads, so the launch holds while _config_for returns it
+                if (e is not None and e[0] == self._epoch and e[1] == ids._version
                         and e[3] == h.shape and e[4] is h.dtype and type(h) is Tensor and e[5] == h.get_device()
                         and e[6] == self.backend and e[7] == table._replaced and not grad_on()
-                        and h.is_contiguous() and e[8](h)):
+                        and h.is_contiguous() and (e[2] is self._pos or self._config_for(h) is e[9]) and e[8](h)):
                     if e is not kept[0]:
                         kept.reverse()
                     bump((h,))

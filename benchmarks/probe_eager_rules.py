@@ -1,0 +1,51 @@
+"""Eager decode with a position rule against rule "all": paired single steps of a
+Llama-3.2-1B-shaped model (random weights, bf16, add at all 16 resid_post sites, batch 1).
+With positions="generated" every forward brings new position_ids, and the per-token ids are
+rebuilt once per step on the device; the sites keep their launches.
+
+Usage (GPU): python benchmarks/probe_eager_rules.py [batch] [rounds]"""
+import gc, statistics, subprocess, sys, time
+import torch
+from transformers import StaticCache
+from steerkit.bench import model_bench as M
+
+print("# commit", subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip())
+B = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+dev = "cuda"
+model = M.build_model("llama-3.2-1b", dev, torch.bfloat16)
+params = M._Params(4, model.config.hidden_size, dev)
+sk = M._SteerkitVariant(model, "add", params, 4, None)
+ids = torch.ones(B, dtype=torch.int32, device=dev)
+S0 = 32
+tok0 = torch.randint(0, model.config.vocab_size, (B, S0), device=dev)
+mask = torch.ones_like(tok0)
+cache = StaticCache(config=model.config, max_cache_len=S0 + 4000)
+decode = M.DecodeSteps(model, cache, S0 + 4000, tok0)
+parked = M._Parked(sk.handle._handles)
+def use(name):
+    if name == "none":
+        sk.off(); parked.park(); return
+    parked.unpark()
+    if name == "all":
+        sk.handle.assign(ids)
+    else:
+        sk.handle.assign(ids, positions="generated", attention_mask=mask)
+def step():
+    decode.room(1)
+    return decode.step()
+names = ["none", "all", "generated"]
+for n in names:
+    use(n); [step() for _ in range(5)]
+torch.cuda.synchronize()
+t = {n: [] for n in names}
+gc.disable()
+for r in range(ROUNDS):
+    for n in names:
+        use(n); step(); torch.cuda.synchronize()
+        t0 = time.perf_counter(); step(); torch.cuda.synchronize(); t[n].append((time.perf_counter() - t0) * 1e6)
+gc.enable()
+for n in names:
+    paired = sorted(100 * (a / b - 1) for a, b in zip(t[n], t["none"]))
+    q = statistics.quantiles(paired, n=4)
+    print(f"{n:10s} step {statistics.median(t[n]):9.1f} us  paired {statistics.median(paired):+6.2f}% [{q[0]:+.2f}, {q[2]:+.2f}]")
