@@ -7,12 +7,12 @@ model (random weights, bf16, all 16 resid_post sites steered with add), against 
   lean  steerkit's checks written inline in one closure around that C launch
 
 Usage (GPU): python benchmarks/probe_eager_floor.py [batch] [rounds]"""
-import statistics, subprocess, sys, time, gc
+import statistics, sys, time, gc
 import torch
-from steerkit.bench import model_bench as M
+from steerkit.bench import _git_commit, model_bench as M
 from steerkit.integrations import hf
 from transformers import StaticCache
-print("# commit", subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip())
+print("# commit", _git_commit())  # STEERKIT_COMMIT where the tree has no (current) .git
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 dev = "cuda"

@@ -4,12 +4,12 @@ With positions="generated" every forward brings new position_ids, and the per-to
 rebuilt once per step on the device; the sites keep their launches.
 
 Usage (GPU): python benchmarks/probe_eager_rules.py [batch] [rounds]"""
-import gc, statistics, subprocess, sys, time
+import gc, statistics, sys, time
 import torch
 from transformers import StaticCache
-from steerkit.bench import model_bench as M
+from steerkit.bench import _git_commit, model_bench as M
 
-print("# commit", subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip())
+print("# commit", _git_commit())  # STEERKIT_COMMIT where the tree has no (current) .git
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 dev = "cuda"

@@ -3,10 +3,10 @@ function, its checks alone, the prepared Triton launch, the bare C launcher, and
 calls for scale. Inside a real decode step each costs several times more (probe_eager_floor.py).
 
 Usage (GPU): python benchmarks/probe_site_host.py"""
-import subprocess, time, statistics, torch
-from steerkit.bench import model_bench as M
+import time, statistics, torch
+from steerkit.bench import _git_commit, model_bench as M
 from steerkit.ops._registry import bump_versions
-print("# commit", subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip())
+print("# commit", _git_commit())  # STEERKIT_COMMIT where the tree has no (current) .git
 dev = "cuda"
 model = M.build_model("llama-3.2-1b", dev, torch.bfloat16)
 params = M._Params(4, model.config.hidden_size, dev)
