@@ -6,16 +6,11 @@ import cProfile, io, pstats, statistics, sys, time, gc
 import torch
 from steerkit.bench import model_bench as M
 from steerkit.integrations import hf
-from transformers import StaticCache
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 shape = args[0] if args else "llama-3.2-1b"
 B = int(args[1]) if len(args) > 1 else 1
 ROUNDS = int(args[2]) if len(args) > 2 else 100
-dev = "cuda" if torch.cuda.is_available() else "cpu"
-backend = None if dev == "cuda" else "triton"
-model = M.build_model(shape, dev, torch.bfloat16 if dev == "cuda" else torch.float32)
-S0 = 32
 in_hook = [0.0]
 orig_hook = hf.Steering._hook
 def timed_hook(self, *a):  # time inside each site's function
@@ -26,8 +21,9 @@ def timed_hook(self, *a):  # time inside each site's function
 if "--time-sites" in sys.argv:
     hf.Steering._hook = timed_hook
 
-params = M._Params(4, model.config.hidden_size, dev)
-sk = M._SteerkitVariant(model, "add", params, 4, backend)
+probe = M.EagerProbe(shape, B)  # after the patch above: its sites are timed
+model, params, sk, ids, step, sync = probe.model, probe.params, probe.sk, probe.ids, probe.step, probe.sync
+dev = probe.device
 hk = M._HookVariant(model, "add", params)
 parked = {"sk": M._Parked(sk.handle._handles), "hk": M._Parked(hk.handles)}
 from steerkit.kernels._launch import Prepared
@@ -35,7 +31,6 @@ real_bound = Prepared.bound
 mode = {"launch": True}
 stub = lambda x: True  # noqa: E731  (sk-nolaunch: a site's launch does nothing)
 Prepared.bound = lambda self: real_bound(self) if mode["launch"] else stub
-ids = torch.ones(B, dtype=torch.int32, device=dev)
 def use(name):
     sk.off(); hk.off()
     mode["launch"] = name != "sk-nolaunch"
@@ -44,14 +39,7 @@ def use(name):
     if name in ("sk", "sk-nolaunch"): sk.on(ids)
     if name == "hk": hk.on(ids)
 
-cache = StaticCache(config=model.config, max_cache_len=S0 + 4000)
-tok0 = torch.randint(0, model.config.vocab_size, (B, S0), device=dev)
-sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-decode = M.DecodeSteps(model, cache, S0 + 4000, tok0)
 with torch.no_grad():
-    def step():
-        decode.room(1)  # refills the cache (a prefill) once in 4000 steps
-        return decode.step()
     names = ["none", "sk", "sk-nolaunch", "sk-off", "hk"]
     for n in names:
         use(n); [step() for _ in range(5)]

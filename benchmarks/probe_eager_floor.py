@@ -11,25 +11,13 @@ import statistics, sys, time, gc
 import torch
 from steerkit.bench import _git_commit, model_bench as M
 from steerkit.integrations import hf
-from transformers import StaticCache
 print("# commit", _git_commit())  # STEERKIT_COMMIT where the tree has no (current) .git
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
-dev = "cuda"
-model = M.build_model("llama-3.2-1b", dev, torch.bfloat16)
-params = M._Params(4, model.config.hidden_size, dev)
-sk = M._SteerkitVariant(model, "add", params, 4, None)
-ids = torch.ones(B, dtype=torch.int32, device=dev)
-S0 = 32
-cache = StaticCache(config=model.config, max_cache_len=S0 + 4000)
-tok0 = torch.randint(0, model.config.vocab_size, (B, S0), device=dev)
-sync = torch.cuda.synchronize
+probe = M.EagerProbe("llama-3.2-1b", B)
+model, params, sk, ids, step, sync = probe.model, probe.params, probe.sk, probe.ids, probe.step, probe.sync
 blocks = list(model.model.layers)
-decode = M.DecodeSteps(model, cache, S0 + 4000, tok0)
 with torch.no_grad():
-    def step():
-        decode.room(1)  # refills the cache (a prefill) once in 4000 steps
-        return decode.step()
     sk.on(ids); step(); step(); sync()
     preps = []
     for l in range(len(blocks)):

@@ -6,22 +6,14 @@ rebuilt once per step on the device; the sites keep their launches.
 Usage (GPU): python benchmarks/probe_eager_rules.py [batch] [rounds]"""
 import gc, statistics, sys, time
 import torch
-from transformers import StaticCache
 from steerkit.bench import _git_commit, model_bench as M
 
 print("# commit", _git_commit())  # STEERKIT_COMMIT where the tree has no (current) .git
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
-dev = "cuda"
-model = M.build_model("llama-3.2-1b", dev, torch.bfloat16)
-params = M._Params(4, model.config.hidden_size, dev)
-sk = M._SteerkitVariant(model, "add", params, 4, None)
-ids = torch.ones(B, dtype=torch.int32, device=dev)
-S0 = 32
-tok0 = torch.randint(0, model.config.vocab_size, (B, S0), device=dev)
-mask = torch.ones_like(tok0)
-cache = StaticCache(config=model.config, max_cache_len=S0 + 4000)
-decode = M.DecodeSteps(model, cache, S0 + 4000, tok0)
+probe = M.EagerProbe("llama-3.2-1b", B)
+sk, ids, step = probe.sk, probe.ids, probe.step
+mask = torch.ones_like(probe.prompt)
 parked = M._Parked(sk.handle._handles)
 def use(name):
     if name == "none":
@@ -31,9 +23,6 @@ def use(name):
         sk.handle.assign(ids)
     else:
         sk.handle.assign(ids, positions="generated", attention_mask=mask)
-def step():
-    decode.room(1)
-    return decode.step()
 names = ["none", "all", "generated"]
 for n in names:
     use(n); [step() for _ in range(5)]

@@ -80,34 +80,9 @@ def test_eager_runs_only_the_measured_variants_hooks(monkeypatch):
     assert seen and max(seen) == 1 and 0 in seen  # one variant at a time; none for the baseline
 
 
-@pytest.mark.parametrize("pair", ["round", "adjacent"])
-def test_adjacent_pairing_measures_the_unsteered_model_before_every_variant(monkeypatch, pair):
-    """pair="adjacent": after the warm-up, every steered sample comes right after an unsteered
-    one (its pair); pair="round": one unsteered sample per round, first."""
-    seen = []
-    build = M.build_model
-
-    def spied(*a, **k):
-        model = build(*a, **k)
-        model.model.layers[0].register_forward_pre_hook(lambda m, args: seen.append(site_calls(m) + len(m._forward_hooks)))
-        return model
-
-    monkeypatch.setattr(M, "build_model", spied)
-    rows = M.run(shape="tiny", batches=(2,), modes=("eager",), phases=("decode",), kinds=("add",), hook_kinds=("mix",),
-                 assigns=("distinct",), steps=1, rounds=2, prompt=4, device="cpu", pair=pair, log=lambda s: None)
-    assert {r["pair"] for r in rows} == {pair}
-    measures = [bool(x) for x in seen[::2]]  # a prefill and one decode step per sample
-    timed = measures[2 * 3:]  # after the warm-up: two samples of each of the 3 cases
-    want = [False, True, False, True] * 2 if pair == "adjacent" else [False, True, True] * 2
-    assert timed == want
-    with pytest.raises(ValueError, match="pair"):
-        M.run(shape="tiny", batches=(2,), pair="next", device="cpu", log=lambda s: None)
-
-
-def test_step_pairing_times_single_steps_after_an_unsteered_one(monkeypatch):
-    """pair="step" (eager decode): after the warm-up, one prefill fills a running KV cache, then
-    each sample is an untimed and a timed decode step of one case, every steered pair right
-    after an unsteered pair; rows say 1 step per sample."""
+def _forwards(monkeypatch) -> list:
+    """Every forward of the benchmark's first decoder block, as (any variant's function runs there,
+    sequence length)."""
     seen = []
     build = M.build_model
 
@@ -121,6 +96,31 @@ def test_step_pairing_times_single_steps_after_an_unsteered_one(monkeypatch):
         return model
 
     monkeypatch.setattr(M, "build_model", spied)
+    return seen
+
+
+@pytest.mark.parametrize("pair", ["round", "adjacent"])
+def test_adjacent_pairing_measures_the_unsteered_model_before_every_variant(monkeypatch, pair):
+    """pair="adjacent": after the warm-up, every steered sample comes right after an unsteered
+    one (its pair); pair="round": one unsteered sample per round, first."""
+    seen = _forwards(monkeypatch)
+    rows = M.run(shape="tiny", batches=(2,), modes=("eager",), phases=("decode",), kinds=("add",), hook_kinds=("mix",),
+                 assigns=("distinct",), steps=1, rounds=2, prompt=4, device="cpu", pair=pair, log=lambda s: None)
+    assert {r["pair"] for r in rows} == {pair}
+    measures = [on for on, _ in seen[1::2]]  # a prefill and one decode step per sample
+    assert [s for _, s in seen] == [4, 1] * (len(seen) // 2)
+    timed = measures[2 * 3:]  # after the warm-up: two samples of each of the 3 cases
+    want = [False, True, False, True] * 2 if pair == "adjacent" else [False, True, True] * 2
+    assert timed == want
+    with pytest.raises(ValueError, match="pair"):
+        M.run(shape="tiny", batches=(2,), pair="next", device="cpu", log=lambda s: None)
+
+
+def test_step_pairing_times_single_steps_after_an_unsteered_one(monkeypatch):
+    """pair="step" (eager decode): after the warm-up, one prefill fills a running KV cache, then
+    each sample is an untimed and a timed decode step of one case, every steered pair right
+    after an unsteered pair; rows say 1 step per sample."""
+    seen = _forwards(monkeypatch)
     rows = M.run(shape="tiny", batches=(2,), modes=("eager",), phases=("decode",), kinds=("add",), hook_kinds=("mix",),
                  assigns=("distinct",), steps=1, rounds=2, prompt=4, device="cpu", pair="step", log=lambda s: None)
     assert {r["pair"] for r in rows} == {"step"} and {r["steps"] for r in rows} == {1}

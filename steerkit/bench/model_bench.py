@@ -190,6 +190,34 @@ class DecodeSteps:
         return out
 
 
+class EagerProbe:
+    """The eager diagnostics' common start (``benchmarks/diag_eager.py``, ``probe_eager_*.py``): a
+    model of ``shape`` (bf16 on a GPU, float32 and Triton's interpreter on the CPU) with steerkit's
+    add at every resid_post (off until ``sk.on(ids)``), ``ids`` giving every sequence
+    configuration 1, and ``step()``: one decode step on a running KV cache, refilled once in
+    ``span`` steps."""
+
+    def __init__(self, shape: str = "llama-3.2-1b", batch: int = 1, prompt: int = 32, span: int = 4000):
+        from transformers import StaticCache
+
+        self.device = dev = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = build_model(shape, dev, torch.bfloat16 if dev == "cuda" else torch.float32)
+        self.params = _Params(4, self.model.config.hidden_size, dev)
+        self.sk = _SteerkitVariant(self.model, "add", self.params, 4, None if dev == "cuda" else "triton")
+        self.ids = torch.ones(batch, dtype=torch.int32, device=dev)
+        self.prompt = torch.randint(0, self.model.config.vocab_size, (batch, prompt), device=dev)
+        cache = StaticCache(config=self.model.config, max_cache_len=prompt + span)
+        self.decode = DecodeSteps(self.model, cache, prompt + span, self.prompt)
+
+    def step(self):
+        self.decode.room(1)
+        return self.decode.step()
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
 def _timer(device: str, host: Optional[List[float]] = None):
     """Wall time of fn in µs (CUDA events on a GPU); Python's garbage collector is held off
     during the measurement so that its pauses do not land in one variant's sample (the rounds

@@ -143,7 +143,7 @@ class SteeringTable:
         # counts replacements of the table's tensors (the contract is to write them in place, but
         # a replaced one must not be missed): launches prepared with the old ones check this count
         if name in _TENSOR_NAMES:
-            self.__dict__["_replaced"] = self.__dict__.get("_replaced", -len(_TENSOR_NAMES)) + 1
+            self.__dict__["_replaced"] = self.__dict__.get("_replaced", 0) + 1
         object.__setattr__(self, name, value)
 
     @property
