@@ -57,6 +57,9 @@ def main(argv=None) -> int:
                    help="pair each sample with the round's unsteered sample, or with one measured right "
                         "before it (adjacent: twice the time, steadier on a drifting host); step: eager "
                         "decode samples are single steps, each right after an unsteered one (steadiest)")
+    m.add_argument("--no-reheat", action="store_true",
+                   help="no untimed unsteered sample at the start of each round (its purpose: the GPU's "
+                        "clock after the round's garbage collection favours the round's first sample)")
     m.add_argument("--out", default=None, help="folder for the JSONL rows")
     dm = sub.add_parser("demo", help="steer a small real model (Gemma 3 270M) and show the difference")
     dm.add_argument("--layer", type=int, default=None, help="block whose output is steered (default: a third deep)")
@@ -145,7 +148,7 @@ def main(argv=None) -> int:
                   assigns=args.assigns, steps=args.steps, rounds=args.rounds, prompt=args.prompt,
                   prefill_batch=args.prefill_batch, prefill_len=args.prefill_len, deadline_s=args.deadline,
                   dynamic=True if args.dynamic else None, backend=args.backend, strength=args.strength,
-                  pair=args.pair)
+                  pair=args.pair, reheat=not args.no_reheat)
         if args.kinds:
             kw["kinds"] = [] if args.kinds == ["none"] else args.kinds
         if args.hook_kinds:

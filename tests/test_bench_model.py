@@ -99,19 +99,22 @@ def _forwards(monkeypatch) -> list:
     return seen
 
 
-@pytest.mark.parametrize("pair", ["round", "adjacent"])
-def test_adjacent_pairing_measures_the_unsteered_model_before_every_variant(monkeypatch, pair):
+@pytest.mark.parametrize("pair,reheat", [("round", True), ("adjacent", True), ("round", False)])
+def test_adjacent_pairing_measures_the_unsteered_model_before_every_variant(monkeypatch, pair, reheat):
     """pair="adjacent": after the warm-up, every steered sample comes right after an unsteered
-    one (its pair); pair="round": one unsteered sample per round, first."""
+    one (its pair); pair="round": one unsteered sample per round, first. With ``reheat`` every
+    round starts with one more, untimed, unsteered sample."""
     seen = _forwards(monkeypatch)
     rows = M.run(shape="tiny", batches=(2,), modes=("eager",), phases=("decode",), kinds=("add",), hook_kinds=("mix",),
-                 assigns=("distinct",), steps=1, rounds=2, prompt=4, device="cpu", pair=pair, log=lambda s: None)
+                 assigns=("distinct",), steps=1, rounds=2, prompt=4, device="cpu", pair=pair, reheat=reheat,
+                 log=lambda s: None)
     assert {r["pair"] for r in rows} == {pair}
+    assert {r["reheat"] for r in rows} == {reheat}
     measures = [on for on, _ in seen[1::2]]  # a prefill and one decode step per sample
     assert [s for _, s in seen] == [4, 1] * (len(seen) // 2)
     timed = measures[2 * 3:]  # after the warm-up: two samples of each of the 3 cases
-    want = [False, True, False, True] * 2 if pair == "adjacent" else [False, True, True] * 2
-    assert timed == want
+    want = [False, True, False, True] if pair == "adjacent" else [False, True, True]
+    assert timed == ([False] * reheat + want) * 2
     with pytest.raises(ValueError, match="pair"):
         M.run(shape="tiny", batches=(2,), pair="next", device="cpu", log=lambda s: None)
 

@@ -256,7 +256,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
         assigns: Sequence[str] = ("shared", "distinct"), prompt: int = 128, steps: int = 16, rounds: int = 3,
         prefill_batch: int = 16, prefill_len: int = 2048, device: Optional[str] = None,
         deadline_s: Optional[float] = None, dynamic: Optional[bool] = None, backend: Optional[str] = None,
-        strength: float = 1.0, pair: str = "round", log: Callable[[str], None] = print,
+        strength: float = 1.0, pair: str = "round", reheat: bool = True, log: Callable[[str], None] = print,
         emit: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
     """Measure and return rows (one per shape, mode, phase, batch, variant, assignment).
     ``dynamic`` goes to torch.compile: None (transformers' default: static first, then a dynamic
@@ -274,7 +274,14 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
     an unsteered step right before it, both timed alone after an untimed step that follows the
     switch, on one KV cache that runs on across samples (re-filled every ``STEP_SPAN`` steps):
     the two steps of a pair are tens of ms apart, not a second, so the host's drift, which moves single steps by
-    tens of percent on the H100 machine, cancels best. ``rounds`` is then the number of pairs."""
+    tens of percent on the H100 machine, cancels best. ``rounds`` is then the number of pairs.
+
+    ``reheat``: each round starts with an untimed sample of the unsteered model, after the round's
+    garbage collection. On a GPU at its power limit (the H100 runs 8B prefill at 700 W), the idle
+    gap of the collection lets the clock rise, and whatever ran first in the round ran faster:
+    the unsteered sample, which every pair is measured against. 8B prefill, add: +1.1% to +5.1%
+    in five runs without it, +0.43% eager and +0.02% compiled with it; ``benchmarks/diag_prefill.py``
+    gave +1.75% with a 0.3 s idle gap before each round and +0.01% without one."""
     if pair not in ("round", "adjacent", "step"):
         raise ValueError(f"pair must be 'round', 'adjacent' or 'step', got {pair!r}")
     from transformers import StaticCache
@@ -389,6 +396,9 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
 
                 for _ in range(rounds):
                     gc.collect()
+                    if reheat and not stepping:  # untimed: the collection's idle gap favours what runs next
+                        switch(cases[0][0], cases[0][1], B, mode == "eager")
+                        measure()
                     if pair == "round" or len(cases) == 1:
                         base_now = sample(cases[0])
                     for case in cases[1:]:
@@ -408,7 +418,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     # host-bound) cancel
                     paired = sorted(100.0 * (x / b - 1.0) for x, b in zip(xs, before[(name, assign)]))
                     row = dict(shape=shape, mode=mode, phase=phase, batch=B, seq=S, variant=name, assign=assign,
-                               strength=strength,
+                               strength=strength, reheat=reheat and not stepping,
                                us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=per_step,
                                overhead_pct=100.0 * (med / base - 1.0), paired_pct=statistics.median(paired),
                                paired_q1=paired[len(paired) // 4], paired_q3=paired[(3 * len(paired)) // 4],
