@@ -70,13 +70,18 @@ class Clocks:
 
 
 def kind_of(name: str) -> str:
+    """A kernel's class by its name: Inductor's generated kernels (named after the ops they fuse,
+    attention's included) are "other"; attention before matrix products (cuDNN's attention
+    kernels carry "sm90" too)."""
     n = name.lower()
+    if "steer" in n:
+        return "steerkit"
+    if n.startswith("triton_"):
+        return "other"
+    if any(k in n for k in ("flash", "fmha", "attention", "sdpa")):
+        return "attention"
     if any(k in n for k in ("gemm", "nvjet", "cutlass", "xmma", "sm90", "splitk", "cublas")):
         return "matmul"
-    if any(k in n for k in ("flash", "fmha", "attention", "sdpa", "efficient")):
-        return "attention"
-    if "steer" in n or "_add_" in n and "table" in n:
-        return "steerkit"
     return "other"
 
 

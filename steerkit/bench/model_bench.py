@@ -341,6 +341,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     return rows
                 S = prompt if phase == "decode" else prefill_len
                 stepping = pair == "step" and mode == "eager" and phase == "decode"
+                reheating = reheat and not stepping  # step samples are host-bound single steps
                 ids0 = torch.randint(0, model.config.vocab_size, (B, S), device=device)
                 span = max(steps, STEP_SPAN) if stepping else steps
                 cache = StaticCache(config=model.config, max_cache_len=S + span + 2) if phase == "decode" else None
@@ -396,7 +397,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
 
                 for _ in range(rounds):
                     gc.collect()
-                    if reheat and not stepping:  # untimed: the collection's idle gap favours what runs next
+                    if reheating:  # untimed: the collection's idle gap favours what runs next
                         switch(cases[0][0], cases[0][1], B, mode == "eager")
                         measure()
                     if pair == "round" or len(cases) == 1:
@@ -418,7 +419,7 @@ def run(shape: str = "llama-3.2-1b", batches: Sequence[int] = (1, 16, 64, 256), 
                     # host-bound) cancel
                     paired = sorted(100.0 * (x / b - 1.0) for x, b in zip(xs, before[(name, assign)]))
                     row = dict(shape=shape, mode=mode, phase=phase, batch=B, seq=S, variant=name, assign=assign,
-                               strength=strength, reheat=reheat and not stepping,
+                               strength=strength, reheat=reheating,
                                us=med, us_min=min(xs), us_max=max(xs), rounds=rounds, steps=per_step,
                                overhead_pct=100.0 * (med / base - 1.0), paired_pct=statistics.median(paired),
                                paired_q1=paired[len(paired) // 4], paired_q3=paired[(3 * len(paired)) // 4],

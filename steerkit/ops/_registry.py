@@ -75,10 +75,6 @@ bump_versions = getattr(torch._C, "_increment_version", None) or (
     lambda ts: [torch.autograd.graph.increment_version(t) for t in ts])
 
 
-def _bump_version(t: torch.Tensor) -> None:
-    bump_versions((t,))
-
-
 def _run(op: OpDef, h: torch.Tensor, out: torch.Tensor, params: Sequence, backend: str) -> None:
     """Compute op(h, *params) into out (out is h for in-place)."""
     if backend == "torch":
@@ -170,7 +166,7 @@ def call(name: str, inplace: bool, h: torch.Tensor, params: Sequence, backend: O
     if inplace and b != "torch" and not torch.is_grad_enabled() and type(h) is torch.Tensor:
         # no autograd, no tensor subclass: skip the dispatcher (tens of µs per call in eager decode)
         _run(op, h, h, params, b)
-        _bump_version(h)
+        bump_versions((h,))
         return h
     if inplace:
         op.inplace(h, *params, b)
@@ -199,7 +195,7 @@ class FastLaunch:
                 self.prepared = self.prepare(x2, *self.args) or False  # runs the op too
             else:
                 self.launch(x2, x2, *self.args)
-        _bump_version(h)
+        bump_versions((h,))
         return True
 
     def direct(self) -> Optional[Callable]:
