@@ -3,8 +3,10 @@ eager ``torch.topk(x @ W_enc + b_enc, k)``; bf16, k = 64. Floor: 2*T*d*F FLOPs a
 bf16 matmul rate. Also reports peak memory beyond inputs and outputs, as % of the bf16 [T, F]
 matrix (target < 5% at T >= 4096), and the time relative to the bare product (target <= 1.15x).
 
-Variant "triton" is the default path ("gemm" from T = 1024: cuBLAS chunks and a selection
-kernel); "candidates" the fused candidate path. With --sweep, the fused-matmul tiles in
+Variant "triton" is the Triton backend's default path ("gemm" from T = 1024: cuBLAS chunks and a
+Triton selection kernel); "cuda" the same chunks with the CUDA selection kernel
+(csrc/sae_encode_topk.cu; from T = 1024, when the extension builds); "candidates" the fused
+candidate path. With --sweep, the fused-matmul tiles in
 kernels/sae_encode_topk.py SWEEP are timed too at T = 4096 (variant
 "cfg=BT,BF,BK,GROUP,warps,stages"), and the GEMM path's chunk shapes ("gemm=TcxFc") and
 selection tiles ("select=BT,BF,BF0,CP,warps"), to pick the defaults.
@@ -29,6 +31,13 @@ def main(argv=None):
     a = p.parse_args(argv)
     run = Run("sae-encode-topk", a.deadline, a.out)
     dt, k = DTYPES[a.dtype], a.k
+    from steerkit import _cuda_ext
+
+    cuda_ok = _cuda_ext.reason() is None
+    if cuda_ok:
+        _cuda_ext.load()
+    else:
+        print(f"# no cuda variants: {_cuda_ext.reason()}", flush=True)
     for d in a.d:
         for F in a.F:
             W = (torch.randn(d, F, device="cuda") / d ** 0.5).to(dt)
@@ -46,6 +55,9 @@ def main(argv=None):
                     "matmul": lambda: x @ W,
                     "matmul+topk": lambda: torch.topk(x @ W + b, k, dim=-1),
                 }
+                if T >= KM.GEMM_MIN_T and cuda_ok:
+                    calls["cuda"] = lambda: ops.sae_encode_topk(x, W, b, k, backend="cuda", validate=False)
+                    calls["cuda+b_dec"] = lambda: ops.sae_encode_topk(x, W, b, k, bd, backend="cuda", validate=False)
                 if T >= 64 and not a.no_jumprelu:
                     calls["jumprelu"] = lambda: ops.sae_encode_jumprelu(x, W, b, thr, 2 * k, backend="triton",
                                                                         validate=False)
@@ -89,13 +101,14 @@ def main(argv=None):
                 dense = 2 * T * F
                 for name, (us, _) in t.items():
                     extra = peak_extra_bytes(calls[name])
-                    if name.startswith(("cfg=", "gemm=", "select=", "candidates")):  # same selection as the default
+                    if name.startswith(("cfg=", "gemm=", "select=", "candidates", "cuda")):  # same selection
                         sv = calls[name]()[0].float()
-                        if float((sv - v.float()).abs().max() / rv.abs().max().clamp_min(1)) > 3e-2:
+                        ref = vb if name.endswith("+b_dec") else v.float()
+                        if float((sv - ref).abs().max() / rv.abs().max().clamp_min(1)) > 3e-2:
                             print(f"# MISMATCH {name}", flush=True)
                     run.add(op="sae_encode_jumprelu" if name == "jumprelu" else "sae_encode_topk",
                             variant=name, T=T, d=d, F=F, k=k, dtype=a.dtype,
-                            backend="eager" if name.startswith("matmul") else "triton",
+                            backend="eager" if name.startswith("matmul") else "cuda" if name.startswith("cuda") else "triton",
                             eager_us=round(us, 2), tflops=round(2 * T * d * F / 1e6 / us, 1),
                             pct_floor=round(100 * floor_us / us, 1), vs_matmul=round(us / mm, 3),
                             speedup=round(t["matmul+topk"][0] / us, 2), extra_mem_bytes=extra,

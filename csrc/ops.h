@@ -30,4 +30,10 @@ void steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& config,
                 const at::Tensor& dyn_b, const at::Tensor& dirs, const at::Tensor& dir_val,
                 const at::Tensor& n_dirs, const at::Tensor& vec, const at::Tensor& strength);
 
+// The selection step of sae_encode_topk's GEMM path: one chunk of 16-bit pre-activations merged
+// into the running top-KW lists `run`; `last` writes values and indices instead.
+void sae_encode_topk_select_cuda(const at::Tensor& chunk, at::Tensor& run, at::Tensor& values,
+                                 at::Tensor& indices, int64_t f0, int64_t k, bool first,
+                                 bool last);
+
 }  // namespace steerkit

@@ -19,6 +19,8 @@ TORCH_LIBRARY(steerkit_cuda, m) {
   m.def("steer(Tensor x, Tensor(a!) out, Tensor config, Tensor scale, Tensor flags, Tensor dyn_w, "
         "Tensor dyn_b, Tensor dirs, Tensor dir_val, Tensor n_dirs, Tensor vec, "
         "Tensor strength) -> ()");
+  m.def("sae_encode_topk_select(Tensor chunk, Tensor(a!) run, Tensor(b!) values, "
+        "Tensor(c!) indices, int f0, int k, bool first, bool last) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(steerkit_cuda, CUDA, m) {
@@ -28,6 +30,7 @@ TORCH_LIBRARY_IMPL(steerkit_cuda, CUDA, m) {
   m.impl("add_gathered", &steerkit::add_gathered_cuda);
   m.impl("patch", &steerkit::patch_cuda);
   m.impl("steer", &steerkit::steer_cuda);
+  m.impl("sae_encode_topk_select", &steerkit::sae_encode_topk_select_cuda);
 }
 
 // Python module init, named after the build target (`_C` ahead of time, `steerkit_cuda` JIT).

@@ -781,7 +781,7 @@ def _gemm_select_kernel(p_ptr, b_enc_ptr, run_ptr, pend_ptr, cnt_ptr, val_ptr, i
         tl.store(run_ptr + r64[:, None] * KW + kcols[None, :], run, mask=row_ok[:, None])
 
 
-def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget=None, esize=2):
+def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget=None, esize=2, select="triton"):
     """(Tc, Fc, (BT, BF, BF0, CP, num_warps)): chunks of the product (``esize`` bytes per entry:
     2 for the 16-bit product, 4 for float32) and the selection's tiles.
 
@@ -789,7 +789,8 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
     features (the wider on a tie): cuBLAS ran at 1.08-1.15x its whole-product time on chunks of
     4M entries on the H100 (d = 4096, F = 65536 and 131072, T = 4096 and 16384), 1.2-2x on
     chunks of 1-2M and up to 30x on small ones (host-bound: benchmarks/results/probe-gemm-h100.txt).
-    ``budget``: bytes (default 5% of the bf16 [T, F] matrix)."""
+    ``budget``: bytes (default 5% of the bf16 [T, F] matrix). ``select="cuda"`` (the CUDA
+    selection kernel, csrc/sae_encode_topk.cu) keeps only the lists: no pending slots."""
     kw = max(16, triton.next_power_of_2(k))
     if interpreting():
         # tiles wider than the pending slots, so that the tests reach _scan
@@ -797,7 +798,7 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
     else:
         bt, bf, bf0, cp, warps = GEMM_SELECT
         cp = max(cp, 2 * kw)
-    per_row = (kw + cp) * 8 + 4 + shift_bytes
+    per_row = (kw * 8 if select == "cuda" else (kw + cp) * 8 + 4) + shift_bytes
     budget = MEMORY_FRACTION * 2 * T * F if budget is None else budget
     budget -= GEMM_RESERVE
     tc, fc, area = 128, min(64, F), 0  # the smallest chunk where none fits the budget
@@ -840,18 +841,25 @@ def gemm_ok(x, W_enc) -> bool:
     return True
 
 
-def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=None):
-    """TopK selection by the GEMM path (see above); ``chunks``: (Tc, Fc) (tests)."""
+def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=None, select="triton"):
+    """TopK selection by the GEMM path (see above); ``chunks``: (Tc, Fc) (tests). ``select``:
+    "triton" (the kernel above) or "cuda" (csrc/sae_encode_topk.cu: one warp per row, ballot
+    compaction; needs the 16-bit product, see ``product16``)."""
     T, d = x.shape
     F = W_enc.shape[1]
     if T == 0:
         return
     kw = max(16, triton.next_power_of_2(k))
     p16 = product16(x, W_enc, b_enc)
+    if select == "cuda" and not p16:
+        raise ValueError("sae_encode_topk: the CUDA selection needs x, W_enc and b_enc in one 16-bit dtype")
     tc, fc, (bt, bf, bf0, cp, warps) = gemm_config(T, d, F, k, _shifted_bytes(x, W_enc, b_dec), x.device, budget,
-                                                   2 if p16 else 4)
+                                                   2 if p16 else 4, select)
     if chunks is not None:
         tc, fc = chunks
+    if select == "cuda":
+        _encode_gemm_cuda(x, W_enc, b_enc, b_dec, k, values, indices, tc, fc, kw)
+        return
     bf, bf0 = min(bf, triton.next_power_of_2(fc)), max(kw, min(bf0, triton.next_power_of_2(fc)))
     rnd = rnd_code(values.dtype)
     pre_code = -1 if p16 else rnd  # what _chunk_tile does to the chunk's entries
@@ -883,6 +891,25 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
         del xs, p  # before the next chunk's x - b_dec is made: one at a time in memory
 
 
+def _encode_gemm_cuda(x, W_enc, b_enc, b_dec, k, values, indices, tc, fc, kw):
+    """encode_gemm with the CUDA selection: per chunk one cuBLAS product (16-bit, with its bias)
+    and one selection launch; the lists ``run`` are the only other buffer."""
+    select = torch.ops.steerkit_cuda.sae_encode_topk_select
+    T, F = x.shape[0], W_enc.shape[1]
+    P = torch.empty((tc * fc,), device=x.device, dtype=x.dtype)
+    run = torch.empty((tc, kw), device=x.device, dtype=torch.int64)
+    for t0 in range(0, T, tc):
+        t1 = min(T, t0 + tc)
+        xs = _shifted(x[t0:t1], W_enc, b_dec)
+        v, i = values[t0:t1], indices[t0:t1]
+        for f0 in range(0, F, fc):
+            f1 = min(F, f0 + fc)
+            p = P[:(t1 - t0) * (f1 - f0)].view(t1 - t0, f1 - f0)
+            _product(xs, W_enc[:, f0:f1], b_enc[f0:f1], p)
+            select(p, run, v, i, f0, k, f0 == 0, f1 == F)
+        del xs, p  # before the next chunk's x - b_dec is made: one at a time in memory
+
+
 DEFAULT_PATH = "candidates"  # for SMALL_T < T < GEMM_MIN_T: see the module docstring
 SMALL_T = 64  # at decode sizes the running lists: two launches, no host sync, exact under capture
 
@@ -901,7 +928,7 @@ def topk_path(x, W_enc) -> str:
 
 
 def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, capacity=None, chunk=None,
-                    tiles=None, path=None, chunks=None):
+                    tiles=None, path=None, chunks=None, select="triton"):
     """x [T, d] (unit column stride); W_enc [d, F] (any strides); b_enc [F], b_dec [d] or None
     (contiguous); writes values [T, k] and indices [T, k] int64 (unit column stride).
     ``slices``: use the exact running-list kernels with that many F slices (tests);
@@ -909,7 +936,8 @@ def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, cap
     (BT, BF, BK, GROUP, num_warps, num_stages, ATOMIC_APPEND[, TMA]) of the fused matmul (benchmark
     sweeps); any of these three selects the candidate path. ``chunks``: (rows, features) of the
     GEMM path's chunks (tests), which it selects. ``path``: "running", "candidates" or "gemm"
-    (default: ``topk_path``)."""
+    (default: ``topk_path``). ``select``: the GEMM path's selection, "triton" or "cuda"
+    (csrc/sae_encode_topk.cu; the caller loads the extension)."""
     if path is None:
         if (capacity, chunk, tiles) != (None, None, None):
             path = "candidates"
@@ -920,7 +948,7 @@ def sae_encode_topk(x, W_enc, b_enc, b_dec, k, values, indices, slices=None, cap
     if slices is not None or path == "running":
         encode_select(x, W_enc, b_enc, b_dec, None, k, values, indices, slices=slices)
     elif path == "gemm":
-        encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, chunks=chunks)
+        encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, chunks=chunks, select=select)
     else:
         encode_candidates(x, W_enc, b_enc, b_dec, None, k, values, indices, capacity=capacity, chunk=chunk,
                           tiles=tiles)

@@ -3,7 +3,7 @@ opcheck and torch.compile."""
 import pytest
 import torch
 
-from helpers import DEVICE, GPU, gpu_only, randn
+from helpers import DEVICE, FAST_BACKENDS, GPU, gpu_only, randn
 from sae_helpers import SAE_BACKENDS, SAE_DTYPES, check_selection, close, integer_sae, make_sae
 from steerkit import ops
 from steerkit.ops import reference_sae as R
@@ -115,8 +115,14 @@ def test_bad_input():
         ops.sae_encode_topk(x, W_enc, b_enc, 4, b_dec * float("nan"))
     with pytest.raises(E, match="'h' must be float32"):
         ops.sae_encode_topk(x.long(), W_enc, b_enc, 4)
-    with pytest.raises(ops.BackendError, match="no CUDA C"):
+    with pytest.raises(ops.BackendError, match="3 rows, fewer than 1024"):
         ops.sae_encode_topk(x, W_enc, b_enc, 4, backend="cuda")
+    with pytest.raises(ops.BackendError, match="no CUDA C"):
+        ops.sae_encode_jumprelu(x, W_enc, b_enc, b_enc, 4, backend="cuda")
+    xl = randn(1024, 16)
+    with pytest.raises(ops.BackendError, match="share a 16-bit dtype" if GPU else "not a CUDA tensor"):
+        ops.sae_encode_topk(xl if GPU else xl.half(), W_enc if GPU else W_enc.half(), b_enc if GPU else b_enc.half(),
+                            4, backend="cuda")
     with pytest.raises(ops.BackendError, match="k=300 exceeds"):
         W2, b2, *_ = make_sae(16, 400)
         ops.sae_encode_topk(x, W2, b2, 300, backend="triton")
@@ -317,3 +323,94 @@ def test_gemm_repeats_its_compiled_launch():
         del M._gemm_select_kernel.run
     assert len(generic) == 3
     check_selection(v, i, R.pre_activation(x, W_enc, b_enc), k, torch.bfloat16)
+
+
+# --- the CUDA selection (csrc/sae_encode_topk.cu): GPU with the extension only -------------------
+cuda_select = pytest.mark.skipif("cuda" not in FAST_BACKENDS, reason="needs a GPU and the CUDA extension")
+
+
+def _cuda_encode(x, W_enc, b_enc, b_dec, k, chunks=None):
+    import steerkit.kernels as K
+    from steerkit import _cuda_ext
+
+    _cuda_ext.load()
+    v = torch.empty(x.shape[0], k, device=DEVICE, dtype=x.dtype)
+    i = torch.empty(x.shape[0], k, device=DEVICE, dtype=torch.int64)
+    K.sae_encode_topk(x, W_enc, b_enc, b_dec, k, v, i, path="gemm", chunks=chunks, select="cuda")
+    return v, i
+
+
+@cuda_select
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("T,F,k,chunks", [
+    (300, 5000, 64, (128, 1000)),  # 16-byte rows; F not a multiple of the chunk
+    (100, 3001, 33, (64, 777)),  # odd widths: the scalar path
+    (50, 9000, 200, (32, 4500)),  # KW = 256; 4500 columns: segments of 2048 (scalar)
+    (70, 12000, 16, (64, 6000)),  # two 4096-column segments (vector)
+    (9, 40, 30, (16, 16)),  # chunks narrower than KW: lists short of KW keys over chunks
+    (1030, 2048, 64, None),  # default chunks
+])
+def test_cuda_select_exact_ties(dtype, T, F, k, chunks):
+    """Integer inputs: the 16-bit products are exact and full of ties, so the result must be
+    exactly the reference's: value descending, then the lower index."""
+    W_enc, b_enc = integer_sae(12, F, dup_every=2)
+    x = torch.randint(-2, 3, (T, 12), device=DEVICE).float()
+    x, W_enc, b_enc = x.to(dtype), W_enc.to(dtype), b_enc.to(dtype)
+    v, i = _cuda_encode(x, W_enc, b_enc, None, k, chunks)
+    rv, ri = R.sae_encode_topk(x, W_enc, b_enc, k)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+
+
+@cuda_select
+@pytest.mark.parametrize("ascending", [True, False])
+def test_cuda_select_later_chunks_outrank_earlier(ascending):
+    """Biases rising with the feature index: every entry of each later chunk beats the lists,
+    far more than the 64 candidate slots (merges in rounds); falling: almost nothing does."""
+    T, F, k = 37, 3000, 40
+    W_enc, b_enc = integer_sae(12, F, dup_every=2)
+    b_enc = (b_enc + (1 if ascending else -1) * 100.0 * torch.arange(F, device=DEVICE).float()).bfloat16()
+    x = torch.randint(-2, 3, (T, 12), device=DEVICE).bfloat16()
+    W_enc = W_enc.bfloat16()
+    v, i = _cuda_encode(x, W_enc, b_enc, None, k, (16, 512))
+    rv, ri = R.sae_encode_topk(x, W_enc, b_enc, k)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+
+
+@cuda_select
+@pytest.mark.parametrize("T,d,F", [(4096, 2304, 16384), (1024, 4096, 65536)])
+def test_cuda_select_random(T, d, F):
+    """Random bf16 weights with b_dec through the op (backend="cuda"), against the float32
+    reference (the product's rounding may differ in the last bit); all-negative rows clamp to 0."""
+    W_enc, b_enc, _, b_dec, _ = make_sae(d, F, torch.bfloat16)
+    x = randn(T, d, dtype=torch.bfloat16)
+    v, i = ops.sae_encode_topk(x, W_enc, b_enc, 64, b_dec, backend="cuda")
+    xs = (x.float() - b_dec.float()).bfloat16()
+    check_selection(v, i, R.pre_activation(xs, W_enc, b_enc), 64, torch.bfloat16)
+    neg = b_enc - 1000.0
+    v, i = ops.sae_encode_topk(x[:1024], W_enc, neg, 64, backend="cuda")
+    assert bool((v == 0).all())
+    check_selection(v, i, R.pre_activation(x[:1024], W_enc, neg), 64, torch.bfloat16)
+
+
+@cuda_select
+def test_cuda_select_is_auto_once_loaded_and_small_memory():
+    """auto picks the CUDA selection once the extension is loaded (16-bit, >= 1024 rows) and
+    stays within 5% of the bf16 [T, F] matrix."""
+    from steerkit import _cuda_ext
+    from steerkit.ops import _sae
+    from steerkit.ops.sae_encode_topk import cuda_refusal
+
+    _cuda_ext.load()
+    T, d, F = 4096, 2304, 16384
+    x = randn(T, d, dtype=torch.bfloat16)
+    W_enc, b_enc, *_ = make_sae(d, F, torch.bfloat16)
+    assert _sae.backend_for("sae_encode_topk", x, None, None, cuda_refusal(x, W_enc, b_enc, 64)) == "cuda"
+    ops.sae_encode_topk(x, W_enc, b_enc, 64)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    v, i = ops.sae_encode_topk(x, W_enc, b_enc, 64)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base - v.nbytes - i.nbytes
+    assert extra < 0.05 * 2 * T * F, extra
+    check_selection(v, i, R.pre_activation(x, W_enc, b_enc), 64, torch.bfloat16)

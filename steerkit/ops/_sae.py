@@ -1,8 +1,11 @@
 """Shared plumbing of the SAE ops: argument checks and backend choice.
 
-The SAE ops have a PyTorch reference (steerkit.ops.reference_sae) and Triton kernels; there is
-no CUDA C++ kernel. ``backend="cuda"`` passed to an SAE op raises BackendError; a process-wide
-``STEERKIT_BACKEND=cuda`` means "fast kernels" and runs them on Triton.
+The SAE ops have a PyTorch reference (steerkit.ops.reference_sae) and Triton kernels; one of
+them, sae_encode_topk, also has a CUDA C++ selection kernel for its GEMM path (csrc/
+sae_encode_topk.cu), which ``backend="cuda"`` runs where it applies (``cuda_refusal`` None) and
+``auto`` prefers once the extension is loaded. ``backend="cuda"`` passed to another SAE op, or
+where the CUDA kernel does not apply, raises BackendError; a process-wide
+``STEERKIT_BACKEND=cuda`` means "fast kernels" and falls back to Triton there.
 """
 from __future__ import annotations
 
@@ -15,19 +18,26 @@ from . import _checks as C
 from ._backend import BACKENDS, BackendError, _refuse
 
 
-def backend_for(op: str, x: torch.Tensor, backend: Optional[str], extra_refusal: Optional[str] = None) -> str:
-    """"torch" or "triton" for this call. ``extra_refusal``: why Triton cannot take this input
-    (an op-specific limit), or None."""
+def backend_for(op: str, x: torch.Tensor, backend: Optional[str], extra_refusal: Optional[str] = None,
+                cuda_refusal: Optional[str] = "the op has no CUDA C++ kernel") -> str:
+    """"torch", "triton" or "cuda" for this call. ``extra_refusal``: why Triton cannot take this
+    input (an op-specific limit), or None; ``cuda_refusal``: why the op's CUDA kernel cannot (by
+    default: it has none), or None."""
     requested = backend or os.environ.get("STEERKIT_BACKEND") or "auto"
     if requested not in BACKENDS + ("auto",):
         raise ValueError(f"steerkit.ops.{op}: backend must be one of {BACKENDS + ('auto',)}, got {requested!r}")
-    if requested == "cuda":
-        if backend == "cuda":
-            raise BackendError(f"backend 'cuda' cannot run steerkit.ops.{op} here: the op has no CUDA C++ "
-                               f"kernel; use backend='triton'")
-        requested = "triton" if x.is_cuda else "auto"
     d = x.shape[-1] if x.dim() else 0
+    if requested == "cuda":
+        reason = cuda_refusal or _refuse("cuda", op, x.device, x.dtype, d)
+        if reason is None:
+            return "cuda"
+        if backend == "cuda":
+            hint = "; use backend='triton'" if cuda_refusal else ""
+            raise BackendError(f"backend 'cuda' cannot run steerkit.ops.{op} here: {reason}{hint}")
+        requested = "triton" if x.is_cuda else "auto"
     if requested == "auto":
+        if x.is_cuda and cuda_refusal is None and _cuda_loaded() and _refuse("cuda", op, x.device, x.dtype, d) is None:
+            return "cuda"
         if x.is_cuda and extra_refusal is None and _refuse("triton", op, x.device, x.dtype, d) is None:
             return "triton"
         return "torch"
@@ -37,6 +47,13 @@ def backend_for(op: str, x: torch.Tensor, backend: Optional[str], extra_refusal:
     if reason:
         raise BackendError(f"backend {requested!r} cannot run steerkit.ops.{op} here: {reason}")
     return requested
+
+
+def _cuda_loaded() -> bool:
+    """The CUDA extension is loaded or installed (auto never starts a build)."""
+    from steerkit import _cuda_ext
+
+    return _cuda_ext.available()
 
 
 def weights(op: str, arg: str, w, x: torch.Tensor, shape, names) -> None:

@@ -9,7 +9,9 @@ multiply in W_enc's dtype with fp32 accumulation (float32 inputs: exact fp32 pro
 1,024 rows cuBLAS products in chunks and a selection kernel; from 65 rows a sampled threshold
 and a fused matmul that keeps only the candidates above it (eager calls sync once with the
 host to recompute exactly the rare rows it missed; not under CUDA-graph capture); up to 64
-rows running lists (docs/sae_ops.md). Forward only (no autograd). Under torch.compile the op
+rows running lists (docs/sae_ops.md). ``backend="cuda"`` (and ``auto`` once the CUDA extension is
+loaded): the GEMM path with the CUDA selection kernel (csrc/sae_encode_topk.cu), for 16-bit
+inputs from 1,024 rows. Forward only (no autograd). Under torch.compile the op
 is its reference.
 """
 from __future__ import annotations
@@ -35,8 +37,32 @@ def _op(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: int
     x2 = x if x.stride(-1) == 1 else x.contiguous()
     values = x.new_empty((x.shape[0], k))
     indices = torch.empty((x.shape[0], k), device=x.device, dtype=torch.int64)
-    K.sae_encode_topk(x2, W_enc, b_enc.contiguous(), _sae.opt_contig(b_dec), k, values, indices)
+    if backend == "cuda":
+        from steerkit import _cuda_ext
+
+        _cuda_ext.load()
+        K.sae_encode_topk(x2, W_enc, b_enc.contiguous(), _sae.opt_contig(b_dec), k, values, indices, path="gemm",
+                          select="cuda")
+    else:
+        K.sae_encode_topk(x2, W_enc, b_enc.contiguous(), _sae.opt_contig(b_dec), k, values, indices)
     return values, indices
+
+
+def cuda_refusal(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> Optional[str]:
+    """Why the CUDA selection (the GEMM path with csrc/sae_encode_topk.cu) cannot take these
+    inputs, or None: it needs GEMM_MIN_T rows or more (below, chunked products are host-bound)
+    and x, W_enc and b_enc in one 16-bit dtype (it selects from the 16-bit product)."""
+    from steerkit.kernels.sae_encode_topk import GEMM_MIN_T, MAX_K
+
+    T = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if T < GEMM_MIN_T:
+        return f"{T} rows, fewer than {GEMM_MIN_T} (the CUDA selection serves the GEMM path only)"
+    if not (x.dtype == W_enc.dtype == b_enc.dtype and x.dtype in (torch.float16, torch.bfloat16)):
+        return (f"x, W_enc and b_enc must share a 16-bit dtype for the CUDA selection, got {x.dtype}, {W_enc.dtype}, "
+                f"{b_enc.dtype}")
+    if k > MAX_K:
+        return f"k={k} exceeds {MAX_K}, the longest running top-k the kernel keeps"
+    return None
 
 
 @_op.register_fake
@@ -57,5 +83,6 @@ def sae_encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, b_dec: Opti
         from steerkit.kernels.sae_encode_topk import MAX_K
 
         too_big = f"k={k} exceeds {MAX_K}, the longest running top-k the kernel keeps" if k > MAX_K else None
-        v, i = _op(x2, W_enc, b_enc, b_dec, k, _sae.backend_for(OP, x, backend, too_big))
+        chosen = _sae.backend_for(OP, x, backend, too_big, cuda_refusal(x2, W_enc, b_enc, k))
+        v, i = _op(x2, W_enc, b_enc, b_dec, k, chosen)
     return v.reshape(*lead, k), i.reshape(*lead, k)

@@ -1,0 +1,425 @@
+// steerkit_cuda::sae_encode_topk_select: the selection step of sae_encode_topk's GEMM path
+// (kernels/sae_encode_topk.py, encode_gemm with select="cuda"). One call takes one chunk of
+// 16-bit pre-activations P [R, NF] (cuBLAS's product with its bias, features f0 .. f0 + NF - 1)
+// and merges it into each row's running list of its KW largest keys so far, run [R, KW] int64,
+// sorted descending; the last chunk of features writes values [R, k] and indices [R, k] instead.
+//
+// Floor: reading the chunk once, R * NF * 2 bytes: 2048 x 4096 bf16 = 16.8 MB -> 5.6 us at the
+// H100's ~3 TB/s. The lists (KW * 8 bytes a row) are read and written only for rows whose list
+// changes.
+//
+// Keys: (order-preserving 16-bit value, sign-extended) << 32 | (2^32 - 1 - feature). One signed
+// compare orders by value, then by lower feature (equal values: the lower index wins); kMinKey
+// sorts below every real key and fills lists that have fewer than KW entries. bf16 and fp16 are
+// both sign-magnitude, so the same bit transform orders either.
+//
+// Work: one warp per row, 4 rows a block. A lane holds a segment of the row in registers (16
+// 16-byte vectors: 4096 columns per warp; unaligned rows: 64 scalars, 2048 columns), each
+// 16-bit value turned into its biased order u (0 .. 65535, two per 32-bit word) once.
+// - The first segment of the first chunk starts the lists: the KW-th largest u by bisection (16
+//   steps of one compare per value and a warp sum), ties at it resolved by a bisection on the
+//   column, the selected keys compacted by ballot and ordered by rank.
+// - Every other segment: a value can only enter the list if u >= u(theta), theta the list's
+//   KW-th key. A group of 8 values with none above is skipped after one warp vote; otherwise
+//   each value's exact test (key > theta) is balloted and the winners take consecutive slots in
+//   a 64-key candidate buffer. A full buffer (or the segment's end) is merged into the list by
+//   rank (each list key moves down by the candidates above it, each candidate goes to the list
+//   keys above it, found by binary search, plus the candidates above it), which raises theta.
+//   After the first chunks of features almost every group is skipped: the scan runs at about
+//   the read rate. Exact for every row; no host sync; nothing allocated (graph safe).
+#include "common.cuh"
+#include "ops.h"
+
+namespace steerkit {
+namespace {
+
+constexpr int kRowsPerBlock = 4;   // one warp per row
+constexpr int kVecs = 16;          // 16-byte vectors a lane holds (vector path)
+constexpr int kScalars = 64;       // 16-bit values a lane holds (scalar path)
+constexpr int kCand = 64;          // candidate slots per row
+constexpr unsigned kFull = 0xFFFFFFFFu;
+constexpr long long kMinKey = -0x7FFFFFFFFFFFFFFFLL - 1;
+
+// Raw 16-bit float bits (two per word) -> biased order u: negative values flip every bit,
+// others flip the sign bit; u orders as the values do (-NaN < -inf < ... < -0 < +0 < ... < NaN).
+__device__ __forceinline__ unsigned order_pair(unsigned w) {
+  const unsigned neg = (w >> 15) & 0x00010001u;
+  return w ^ (neg * 0x7FFFu) ^ 0x80008000u;
+}
+
+__device__ __forceinline__ long long make_key(unsigned u, int feature) {
+  const long long hi = static_cast<long long>(static_cast<int>(u) - 32768);
+  return static_cast<long long>(static_cast<unsigned long long>(hi) << 32) |
+         static_cast<long long>(~static_cast<unsigned>(feature));
+}
+
+// u of value i (0 .. N-1) of a lane's segment
+template <int W> __device__ __forceinline__ unsigned u_of(const unsigned (&w)[W], int i) {
+  return (w[i >> 1] >> ((i & 1) * 16)) & 0xFFFFu;
+}
+
+template <bool VEC> struct Layout {
+  static constexpr int N = VEC ? kVecs * 8 : kScalars;  // values a lane holds
+  static constexpr int WIDTH = 32 * N;                   // columns a segment covers
+  // column (within the segment) of value i of lane `lane`
+  static __device__ __forceinline__ int col(int i, int lane) {
+    return VEC ? ((i >> 3) * 32 + lane) * 8 + (i & 7) : i * 32 + lane;
+  }
+};
+
+// Loads the segment at row + s0 (n valid columns left in the row) as biased orders; columns past
+// the row's end get u = 0 and are excluded by the callers' column checks.
+template <bool VEC>
+__device__ __forceinline__ void load_segment(const unsigned short* row, int s0, int n, int lane,
+                                             unsigned (&w)[Layout<VEC>::N / 2]) {
+  if constexpr (VEC) {
+#pragma unroll
+    for (int j = 0; j < kVecs; ++j) {
+      const int c = (j * 32 + lane) * 8;
+      uint4 v = make_uint4(kFull, kFull, kFull, kFull);  // raw 0xFFFF -> u = 0
+      if (c < n) v = __ldcs(reinterpret_cast<const uint4*>(row + s0 + c));
+      w[4 * j] = v.x;
+      w[4 * j + 1] = v.y;
+      w[4 * j + 2] = v.z;
+      w[4 * j + 3] = v.w;
+    }
+  } else {
+#pragma unroll
+    for (int p = 0; p < kScalars / 2; ++p) {
+      const int c0 = (2 * p) * 32 + lane, c1 = c0 + 32;
+      const unsigned a = c0 < n ? __ldcs(row + s0 + c0) : 0xFFFFu;  // raw 0xFFFF -> u = 0
+      const unsigned b = c1 < n ? __ldcs(row + s0 + c1) : 0xFFFFu;
+      w[p] = a | (b << 16);
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < Layout<VEC>::N / 2; ++p) w[p] = order_pair(w[p]);
+}
+
+__device__ __forceinline__ int warp_sum(int v) { return __reduce_add_sync(kFull, v); }
+
+// Merge cand[0 .. cnt) (unique keys, none in the list) into the sorted list L[0 .. KW).
+template <int KW> __device__ void merge(long long* L, const long long* cand, int cnt, int lane) {
+  constexpr int PL = (KW + 31) / 32, PC = kCand / 32;
+  __syncwarp();
+  long long lk[PL], ck[PC];
+  int lr[PL], cr[PC];
+#pragma unroll
+  for (int p = 0; p < PL; ++p) {
+    const int i = lane + 32 * p;
+    lk[p] = i < KW ? L[i] : kMinKey;
+    lr[p] = i;
+  }
+#pragma unroll
+  for (int q = 0; q < PC; ++q) {
+    const int c = lane + 32 * q;
+    ck[q] = c < cnt ? cand[c] : kMinKey;
+    cr[q] = 0;
+  }
+  for (int c = 0; c < cnt; ++c) {  // candidates above each key
+    const long long x = cand[c];
+#pragma unroll
+    for (int p = 0; p < PL; ++p) lr[p] += x > lk[p];
+#pragma unroll
+    for (int q = 0; q < PC; ++q) cr[q] += x > ck[q];
+  }
+#pragma unroll
+  for (int q = 0; q < PC; ++q) {  // list keys above each candidate (binary search)
+    int lo = 0, hi = KW;
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (L[mid] > ck[q]) lo = mid + 1;
+      else hi = mid;
+    }
+    cr[q] += lo;
+  }
+  __syncwarp();
+#pragma unroll
+  for (int p = 0; p < PL; ++p)
+    if (lane + 32 * p < KW && lr[p] < KW) L[lr[p]] = lk[p];
+#pragma unroll
+  for (int q = 0; q < PC; ++q)
+    if (lane + 32 * q < cnt && cr[q] < KW) L[cr[q]] = ck[q];
+  __syncwarp();
+}
+
+// The lane index, read so that the compiler cannot hoist values computed from it out of loops
+// (it would keep one register per unrolled value: the kernel spilled without this).
+__device__ __forceinline__ int lane_id() {
+  int l;
+  asm volatile("mov.u32 %0, %%laneid;" : "=r"(l));
+  return l;
+}
+
+// An empty asm that "may change" the segment's words: values extracted from them cannot be
+// hoisted out of the loop that calls it (the compiler kept all 128 extracted values in registers).
+template <int W> __device__ __forceinline__ void opaque(unsigned (&w)[W]) {
+#pragma unroll
+  for (int p = 0; p < W; ++p) asm volatile("" : "+r"(w[p]));
+}
+
+// Starts the lists from the first segment (n valid columns, padding u = 0): L[0 .. KW) = its
+// `want` = min(n, KW) largest keys sorted, then kMinKey.
+template <int KW, bool VEC>
+__device__ void start_list(unsigned (&w)[Layout<VEC>::N / 2], int n, int base, long long* L) {
+  using L_ = Layout<VEC>;
+  const int want = min(n, KW);
+  int lo = 0, hi = 65536;  // count(u >= lo) >= want > count(u >= hi); mids >= 1 skip padding
+#pragma unroll 1
+  while (hi - lo > 1) {
+    opaque(w);
+    const int mid = (lo + hi) >> 1;
+    int c = 0;
+#pragma unroll
+    for (int p = 0; p < L_::N / 2; ++p)
+      c += ((w[p] & 0xFFFFu) >= static_cast<unsigned>(mid)) + ((w[p] >> 16) >= static_cast<unsigned>(mid));
+    if (warp_sum(c) >= want) lo = mid;
+    else hi = mid;
+  }
+  const unsigned t = static_cast<unsigned>(lo);  // u of the want-th largest value
+  int gt = 0, eq = 0;
+  opaque(w);
+#pragma unroll
+  for (int i = 0; i < L_::N; ++i) {
+    gt += u_of(w, i) > t;  // padding (u = 0) never above t
+    eq += u_of(w, i) == t;
+  }
+  const int need = want - warp_sum(gt);
+  const int n_eq = warp_sum(eq) - (t == 0 ? L_::WIDTH - n : 0);  // padding equals t = 0
+  int cut = n - 1;  // equal values: only columns <= cut (the `need` lowest)
+  if (n_eq > need) {
+    int a = -1;  // count(equal, col <= cut) >= need > count(equal, col <= a)
+#pragma unroll 1
+    while (cut - a > 1) {
+      opaque(w);
+      const int m = (a + cut) >> 1;
+      const int lane = lane_id();
+      int c = 0;
+#pragma unroll
+      for (int i = 0; i < L_::N; ++i) c += u_of(w, i) == t && L_::col(i, lane) <= m;
+      if (warp_sum(c) >= need) cut = m;
+      else a = m;
+    }
+  }
+  int cnt = 0;  // compact the selected keys into L[0 .. want)
+#pragma unroll
+  for (int g = 0; g < L_::N; g += 8) {
+    opaque(w);
+    bool any = false;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) any |= u_of(w, g + e) >= t;
+    if (!__any_sync(kFull, any)) continue;
+    const int lane = lane_id();
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const int c = L_::col(g + e, lane);
+      const unsigned u = u_of(w, g + e);
+      const bool sel = u > t || (u == t && c <= cut);
+      const unsigned bal = __ballot_sync(kFull, sel);
+      if (sel) L[cnt + __popc(bal & ((1u << lane) - 1u))] = make_key(u, base + c);
+      cnt += __popc(bal);
+    }
+  }
+  __syncwarp();
+  constexpr int PL = (KW + 31) / 32;
+  const int lane = lane_id();
+  long long key[PL];
+  int rank[PL];
+#pragma unroll
+  for (int p = 0; p < PL; ++p) {
+    const int i = lane + 32 * p;
+    key[p] = i < want ? L[i] : kMinKey;
+    rank[p] = 0;
+  }
+#pragma unroll 1
+  for (int c = 0; c < want; ++c) {
+    const long long x = L[c];
+#pragma unroll
+    for (int p = 0; p < PL; ++p) rank[p] += x > key[p];
+  }
+  __syncwarp();
+#pragma unroll
+  for (int p = 0; p < PL; ++p) {
+    const int i = lane + 32 * p;
+    if (i < want) L[rank[p]] = key[p];
+    else if (i < KW) L[i] = kMinKey;
+  }
+  __syncwarp();
+}
+
+// FIRST (the lists start in this chunk's first segment) needs more registers: 2 blocks an SM
+// there (up to 255 registers a thread), 4 elsewhere (128), both without spills.
+template <int KW, bool VEC, bool FIRST>
+__global__ void __launch_bounds__(32 * kRowsPerBlock, FIRST ? 2 : 4)
+topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned short* values,
+                   int64_t sv, int64_t* indices, int64_t si, int rows, int NF, int f0, int k,
+                   bool last, bool half) {
+  using L_ = Layout<VEC>;
+  __shared__ long long lists[kRowsPerBlock][KW];
+  __shared__ long long cands[kRowsPerBlock][kCand];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp;
+  if (r >= rows) return;  // whole warps leave: every shuffle below is warp-uniform
+  long long* L = lists[warp];
+  long long* C = cands[warp];
+  long long* grow = run + r * KW;
+  const unsigned short* prow = P + r * sp;
+
+  bool have = false, dirty = false;  // L holds the list; L differs from run[r]
+  long long theta = FIRST ? kMinKey : grow[KW - 1];  // the list's KW-th key
+  unsigned w[L_::N / 2];
+#pragma unroll 1
+  for (int s0 = 0; s0 < NF; s0 += L_::WIDTH) {
+    const int n = min(NF - s0, L_::WIDTH);
+    load_segment<VEC>(prow, s0, n, lane, w);
+    if constexpr (FIRST) {
+      if (s0 == 0) {
+        start_list<KW, VEC>(w, n, f0, L);
+        have = dirty = true;
+        theta = L[KW - 1];
+        continue;
+      }
+    }
+    // Merge the segment into the list in rounds: a round appends the keys above theta, in
+    // position order, until the candidate buffer would overflow at position `stop`; then the
+    // buffer is merged (raising theta) and the next round resumes at `stop`.
+    int start = 0;
+#pragma unroll 1
+    while (start < L_::N) {
+      opaque(w);
+      // only values with u >= u(theta) can beat theta; equal ones need a lower column
+      const unsigned ut = theta == kMinKey ? 0u : static_cast<unsigned>(static_cast<int>(theta >> 32) + 32768);
+      const int tcol = theta == kMinKey ? 0x7FFFFFFF : static_cast<int>(~static_cast<unsigned>(theta)) - f0 - s0;
+      const bool open = theta == kMinKey;
+      int stop = L_::N, cnt = 0;
+#pragma unroll
+      for (int g = 0; g < L_::N; g += 8) {
+        if (g + 8 <= start || g >= stop) continue;  // uniform
+        bool any = false;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) any |= u_of(w, g + e) >= ut;
+        if (!__any_sync(kFull, any)) continue;
+        const int ln = lane_id();
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          if (g + e < start || g + e >= stop) continue;  // uniform
+          const int c = L_::col(g + e, ln);
+          const unsigned u = u_of(w, g + e);
+          const bool beat = c < n && (open || u > ut || (u == ut && c < tcol));
+          const unsigned bal = __ballot_sync(kFull, beat);
+          if (cnt + __popc(bal) > kCand) {  // no room: this position starts the next round
+            stop = g + e;
+            continue;
+          }
+          if (beat) C[cnt + __popc(bal & ((1u << ln) - 1u))] = make_key(u, f0 + s0 + c);
+          cnt += __popc(bal);
+        }
+      }
+      if (cnt > 0) {
+        if (!have) {
+          for (int i = lane; i < KW; i += 32) L[i] = grow[i];
+          have = true;
+        }
+        merge<KW>(L, C, cnt, lane);
+        dirty = true;
+        theta = L[KW - 1];
+      }
+      start = stop;
+    }
+  }
+  if (last) {
+    if (!have) {
+      for (int i = lane; i < KW; i += 32) L[i] = grow[i];
+      __syncwarp();
+    }
+    for (int j = lane; j < k; j += 32) {
+      const long long key = L[j];
+      const int o = static_cast<int>(key >> 32);  // order: back to raw bits (an involution)
+      unsigned b = static_cast<unsigned>(o ^ ((o >> 15) & 0x7FFF)) & 0xFFFFu;
+      // clamp_min(0): negative values -> +0 (-0 and NaN kept, as the reference keeps them)
+      const bool nan = half ? (b & 0x7FFFu) > 0x7C00u : (b & 0x7FFFu) > 0x7F80u;
+      if ((b & 0x8000u) && (b & 0x7FFFu) && !nan) b = 0;
+      values[r * sv + j] = static_cast<unsigned short>(b);
+      indices[r * si + j] = static_cast<int64_t>(~static_cast<unsigned>(key));
+    }
+  } else if (dirty) {
+    for (int i = lane; i < KW; i += 32) grow[i] = L[i];
+  }
+}
+
+template <int KW, bool VEC>
+void launch_vec(bool first, dim3 grid, cudaStream_t stream, const unsigned short* P, int64_t sp,
+                long long* run, unsigned short* values, int64_t sv, int64_t* indices, int64_t si,
+                int rows, int NF, int f0, int k, bool last, bool half) {
+  if (first)
+    topk_select_kernel<KW, VEC, true><<<grid, 32 * kRowsPerBlock, 0, stream>>>(
+        P, sp, run, values, sv, indices, si, rows, NF, f0, k, last, half);
+  else
+    topk_select_kernel<KW, VEC, false><<<grid, 32 * kRowsPerBlock, 0, stream>>>(
+        P, sp, run, values, sv, indices, si, rows, NF, f0, k, last, half);
+}
+
+template <int KW>
+void launch(bool vec, bool first, dim3 grid, cudaStream_t stream, const unsigned short* P,
+            int64_t sp, long long* run, unsigned short* values, int64_t sv, int64_t* indices,
+            int64_t si, int rows, int NF, int f0, int k, bool last, bool half) {
+  if (vec) launch_vec<KW, true>(first, grid, stream, P, sp, run, values, sv, indices, si, rows, NF, f0, k, last, half);
+  else launch_vec<KW, false>(first, grid, stream, P, sp, run, values, sv, indices, si, rows, NF, f0, k, last, half);
+}
+
+}  // namespace
+
+void sae_encode_topk_select_cuda(const at::Tensor& chunk, at::Tensor& run, at::Tensor& values,
+                                 at::Tensor& indices, int64_t f0, int64_t k, bool first,
+                                 bool last) {
+  constexpr const char* op = "steerkit_cuda::sae_encode_topk_select";
+  TORCH_CHECK(chunk.is_cuda() && chunk.dim() == 2, op, ": chunk must be a 2-D CUDA tensor, got ",
+              chunk.sizes(), " on ", chunk.device());
+  const auto st = chunk.scalar_type();
+  TORCH_CHECK(st == at::kBFloat16 || st == at::kHalf, op, ": chunk must be bfloat16 or float16, got ",
+              st);
+  TORCH_CHECK(chunk.size(1) <= 1 || chunk.stride(1) == 1, op, ": chunk must have stride(1) == 1");
+  const int64_t R = chunk.size(0), NF = chunk.size(1);
+  TORCH_CHECK(run.device() == chunk.device() && run.scalar_type() == at::kLong && run.dim() == 2 &&
+                  run.is_contiguous() && run.size(0) >= R,
+              op, ": run must be a contiguous int64 [>= rows, KW] tensor on ", chunk.device(),
+              ", got ", run.sizes(), " ", run.scalar_type());
+  const int64_t KW = run.size(1);
+  TORCH_CHECK(KW == 16 || KW == 32 || KW == 64 || KW == 128 || KW == 256, op,
+              ": run's width KW must be 16, 32, 64, 128 or 256, got ", KW);
+  TORCH_CHECK(k >= 1 && k <= KW, op, ": k must be in [1, KW = ", KW, "], got ", k);
+  TORCH_CHECK(NF >= 1 && f0 >= 0 && f0 + NF < 0xFFFFFFFFLL, op, ": bad feature range f0 = ", f0,
+              ", NF = ", NF);
+  TORCH_CHECK(values.device() == chunk.device() && values.scalar_type() == st && values.dim() == 2 &&
+                  values.size(0) == R && values.size(1) == k && (k <= 1 || values.stride(1) == 1),
+              op, ": values must be a [rows, k] tensor of chunk's dtype with unit column stride, got ",
+              values.sizes(), " ", values.scalar_type());
+  TORCH_CHECK(indices.device() == chunk.device() && indices.scalar_type() == at::kLong &&
+                  indices.dim() == 2 && indices.size(0) == R && indices.size(1) == k &&
+                  (k <= 1 || indices.stride(1) == 1),
+              op, ": indices must be an int64 [rows, k] tensor with unit column stride, got ",
+              indices.sizes(), " ", indices.scalar_type());
+  if (R == 0) return;
+  c10::cuda::CUDAGuard guard(chunk.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool vec = NF % 8 == 0 && vec_ok(chunk, 8);
+  const dim3 grid(static_cast<unsigned>((R + kRowsPerBlock - 1) / kRowsPerBlock));
+  auto* P = static_cast<const unsigned short*>(chunk.data_ptr());
+  auto* rp = static_cast<long long*>(run.data_ptr());
+  auto* vp = static_cast<unsigned short*>(values.data_ptr());
+  auto* ip = indices.data_ptr<int64_t>();
+  const int64_t sp = chunk.stride(0), sv = values.stride(0), si = indices.stride(0);
+  const bool half = st == at::kHalf;
+  const int rows = static_cast<int>(R), nf = static_cast<int>(NF), f = static_cast<int>(f0),
+            kk = static_cast<int>(k);
+  switch (KW) {
+    case 16: launch<16>(vec, first, grid, stream, P, sp, rp, vp, sv, ip, si, rows, nf, f, kk, last, half); break;
+    case 32: launch<32>(vec, first, grid, stream, P, sp, rp, vp, sv, ip, si, rows, nf, f, kk, last, half); break;
+    case 64: launch<64>(vec, first, grid, stream, P, sp, rp, vp, sv, ip, si, rows, nf, f, kk, last, half); break;
+    case 128: launch<128>(vec, first, grid, stream, P, sp, rp, vp, sv, ip, si, rows, nf, f, kk, last, half); break;
+    default: launch<256>(vec, first, grid, stream, P, sp, rp, vp, sv, ip, si, rows, nf, f, kk, last, half); break;
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace steerkit
