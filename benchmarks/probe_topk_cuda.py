@@ -38,8 +38,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    import importlib
+
     from steerkit import _cuda_ext, ops
-    import steerkit.kernels.sae_encode_topk as KM
+
+    KM = importlib.import_module("steerkit.kernels.sae_encode_topk")  # the package exports a function of that name
 
     _cuda_ext.load()
     select = torch.ops.steerkit_cuda.sae_encode_topk_select
@@ -66,6 +69,20 @@ def main(argv=None):
         bare = med_us(lambda: x @ W)
         chunked = med_us(products)
         whole = med_us(lambda: ops.sae_encode_topk(x, W, b, k, backend="cuda", validate=False))
+        # GPU time per kernel kind inside one call (profiler)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            ops.sae_encode_topk(x, W, b, k, backend="cuda", validate=False)
+            torch.cuda.synchronize()
+        kinds = {}
+        for e in prof.key_averages():
+            t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+            if t <= 0 or e.key.startswith(("aten::", "cuda", "Memcpy", "Memset")) or "steerkit::" in e.key:
+                continue
+            kind = "select" if "topk_select" in e.key else "gemm" if ("gemm" in e.key or "sm90" in e.key) else "other"
+            kinds[kind] = kinds.get(kind, 0.0) + t
+            kinds[f"n_{kind}"] = kinds.get(f"n_{kind}", 0) + e.count
         # the selection alone on one chunk: first (lists start), then a later one
         C = (torch.randn(tc, fc, device="cuda") * 1.0).to(dt)
         run = torch.empty(tc, 64, device="cuda", dtype=torch.int64)
@@ -90,7 +107,8 @@ def main(argv=None):
                    products_vs_bare=round(chunked[0] / bare[0], 3), path_vs_bare=round(whole[0] / bare[0], 3),
                    select_first_us=round(first[0], 2), select_later_us=round(later_us[0] - restore, 2),
                    select_floor_us=round(floor, 2), later_pct_floor=round(100 * floor / (later_us[0] - restore), 1),
-                   spread_path_us=[round(whole[1], 1), round(whole[2], 1)])
+                   spread_path_us=[round(whole[1], 1), round(whole[2], 1)],
+                   profile_us={key: round(val, 1) for key, val in kinds.items()})
         rows.append(row)
         print(json.dumps(row), flush=True)
         torch.cuda.empty_cache()
