@@ -158,6 +158,56 @@ template <int W> __device__ __forceinline__ void opaque(unsigned (&w)[W]) {
   for (int p = 0; p < W; ++p) asm volatile("" : "+r"(w[p]));
 }
 
+// The 16-bit value at position e (0 .. 7) of a group held in the words a .. d.
+__device__ __forceinline__ unsigned group_u(unsigned a, unsigned b, unsigned c, unsigned d, int e) {
+  const unsigned word = e < 4 ? (e < 2 ? a : b) : (e < 6 ? c : d);
+  return (word >> ((e & 1) * 16)) & 0xFFFFu;
+}
+
+// The exact test of one group of 8 positions (g .. g + 7 of each lane's segment, in the words
+// a .. d) against theta: the keys that beat it take consecutive candidate slots by ballot, in
+// position order, from positions start .. stop - 1. Returns (cnt, stop), stop lowered to the
+// position where the buffer would overflow. Not inlined, like select_group: one copy of these
+// rare paths keeps the kernel small (unrolled copies stalled on instruction-cache misses).
+template <bool VEC>
+__device__ __noinline__ int2 append_group(unsigned a, unsigned b, unsigned c2, unsigned d, int g, int start,
+                                          int stop, int cnt, unsigned ut, int tcol, bool open, int n, int base,
+                                          long long* C) {
+  const int lane = lane_id();
+  for (int e = 0; e < 8; ++e) {
+    const int pos = g + e;
+    if (pos < start) continue;  // uniform
+    if (pos >= stop) break;
+    const unsigned u = group_u(a, b, c2, d, e);
+    const int c = Layout<VEC>::col(pos, lane);
+    const bool beat = c < n && (open || u > ut || (u == ut && c < tcol));
+    const unsigned bal = __ballot_sync(kFull, beat);
+    if (cnt + __popc(bal) > kCand) {  // no room: this position starts the next round
+      stop = pos;
+      break;
+    }
+    if (beat) C[cnt + __popc(bal & ((1u << lane) - 1u))] = make_key(u, base + c);
+    cnt += __popc(bal);
+  }
+  return make_int2(cnt, stop);
+}
+
+// start_list's compaction of one group: values above t, and equal to t in columns <= cut.
+template <bool VEC>
+__device__ __noinline__ int select_group(unsigned a, unsigned b, unsigned c2, unsigned d, int g, int cnt,
+                                         unsigned t, int cut, int base, long long* L) {
+  const int lane = lane_id();
+  for (int e = 0; e < 8; ++e) {
+    const unsigned u = group_u(a, b, c2, d, e);
+    const int c = Layout<VEC>::col(g + e, lane);
+    const bool sel = u > t || (u == t && c <= cut);  // padding: u = 0, c > cut
+    const unsigned bal = __ballot_sync(kFull, sel);
+    if (sel) L[cnt + __popc(bal & ((1u << lane) - 1u))] = make_key(u, base + c);
+    cnt += __popc(bal);
+  }
+  return cnt;
+}
+
 // Starts the lists from the first segment (n valid columns, padding u = 0): L[0 .. KW) = its
 // `want` = min(n, KW) largest keys sorted, then kMinKey.
 template <int KW, bool VEC>
@@ -209,16 +259,8 @@ __device__ void start_list(unsigned (&w)[Layout<VEC>::N / 2], int n, int base, l
 #pragma unroll
     for (int e = 0; e < 8; ++e) any |= u_of(w, g + e) >= t;
     if (!__any_sync(kFull, any)) continue;
-    const int lane = lane_id();
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const int c = L_::col(g + e, lane);
-      const unsigned u = u_of(w, g + e);
-      const bool sel = u > t || (u == t && c <= cut);
-      const unsigned bal = __ballot_sync(kFull, sel);
-      if (sel) L[cnt + __popc(bal & ((1u << lane) - 1u))] = make_key(u, base + c);
-      cnt += __popc(bal);
-    }
+    const int q = g / 2;
+    cnt = select_group<VEC>(w[q], w[q + 1], w[q + 2], w[q + 3], g, cnt, t, cut, base, L);
   }
   __syncwarp();
   constexpr int PL = (KW + 31) / 32;
@@ -299,21 +341,11 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
 #pragma unroll
         for (int e = 0; e < 8; ++e) any |= u_of(w, g + e) >= ut;
         if (!__any_sync(kFull, any)) continue;
-        const int ln = lane_id();
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          if (g + e < start || g + e >= stop) continue;  // uniform
-          const int c = L_::col(g + e, ln);
-          const unsigned u = u_of(w, g + e);
-          const bool beat = c < n && (open || u > ut || (u == ut && c < tcol));
-          const unsigned bal = __ballot_sync(kFull, beat);
-          if (cnt + __popc(bal) > kCand) {  // no room: this position starts the next round
-            stop = g + e;
-            continue;
-          }
-          if (beat) C[cnt + __popc(bal & ((1u << ln) - 1u))] = make_key(u, f0 + s0 + c);
-          cnt += __popc(bal);
-        }
+        const int q = g / 2;
+        const int2 r2 = append_group<VEC>(w[q], w[q + 1], w[q + 2], w[q + 3], g, start, stop, cnt, ut, tcol, open,
+                                          n, f0 + s0, C);
+        cnt = r2.x;
+        stop = r2.y;
       }
       if (cnt > 0) {
         if (!have) {
