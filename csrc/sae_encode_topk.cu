@@ -67,8 +67,8 @@ template <bool VEC> struct Layout {
   }
 };
 
-// Loads the segment at row + s0 (n valid columns left in the row) as biased orders; columns past
-// the row's end get u = 0 and are excluded by the callers' column checks.
+// Loads the segment at row + s0 (n valid columns left in the row) as raw 16-bit words; columns
+// past the row's end get raw 0xFFFF (u = 0) and are excluded by the callers' column checks.
 template <bool VEC>
 __device__ __forceinline__ void load_segment(const unsigned short* row, int s0, int n, int lane,
                                              unsigned (&w)[Layout<VEC>::N / 2]) {
@@ -76,7 +76,7 @@ __device__ __forceinline__ void load_segment(const unsigned short* row, int s0, 
 #pragma unroll
     for (int j = 0; j < kVecs; ++j) {
       const int c = (j * 32 + lane) * 8;
-      uint4 v = make_uint4(kFull, kFull, kFull, kFull);  // raw 0xFFFF -> u = 0
+      uint4 v = make_uint4(kFull, kFull, kFull, kFull);  // raw 0xFFFF: u = 0, s-form 0x7FFF
       if (c < n) v = __ldcs(reinterpret_cast<const uint4*>(row + s0 + c));
       w[4 * j] = v.x;
       w[4 * j + 1] = v.y;
@@ -87,13 +87,30 @@ __device__ __forceinline__ void load_segment(const unsigned short* row, int s0, 
 #pragma unroll
     for (int p = 0; p < kScalars / 2; ++p) {
       const int c0 = (2 * p) * 32 + lane, c1 = c0 + 32;
-      const unsigned a = c0 < n ? __ldcs(row + s0 + c0) : 0xFFFFu;  // raw 0xFFFF -> u = 0
+      const unsigned a = c0 < n ? __ldcs(row + s0 + c0) : 0xFFFFu;  // raw 0xFFFF: u = 0, s-form 0x7FFF
       const unsigned b = c1 < n ? __ldcs(row + s0 + c1) : 0xFFFFu;
       w[p] = a | (b << 16);
     }
   }
+}
+
+// Raw words -> s-form: the sign bit flipped. Non-negative values are then their order u, and
+// every negative value is below 0x8000, so a threshold u(theta) >= 0x8000 compares exactly
+// against s-form words (one XOR a word instead of the order transform).
+template <int W> __device__ __forceinline__ void to_sform(unsigned (&w)[W]) {
 #pragma unroll
-  for (int p = 0; p < Layout<VEC>::N / 2; ++p) w[p] = order_pair(w[p]);
+  for (int p = 0; p < W; ++p) w[p] ^= 0x80008000u;
+}
+
+// s-form -> order u (negative values: the other 15 bits flipped too).
+__device__ __forceinline__ unsigned s_to_u(unsigned s) { return s ^ ((s & 0x8000u) ? 0u : 0x7FFFu); }
+
+template <int W> __device__ __forceinline__ void sform_to_u(unsigned (&w)[W]) {
+#pragma unroll
+  for (int p = 0; p < W; ++p) {
+    const unsigned neg = ~(w[p] >> 15) & 0x00010001u;  // halves whose sign (s-form) says negative
+    w[p] ^= neg * 0x7FFFu;
+  }
 }
 
 __device__ __forceinline__ int warp_sum(int v) { return __reduce_add_sync(kFull, v); }
@@ -171,14 +188,14 @@ __device__ __forceinline__ unsigned group_u(unsigned a, unsigned b, unsigned c, 
 // rare paths keeps the kernel small (unrolled copies stalled on instruction-cache misses).
 template <bool VEC>
 __device__ __noinline__ int2 append_group(unsigned a, unsigned b, unsigned c2, unsigned d, int g, int start,
-                                          int stop, int cnt, unsigned ut, int tcol, bool open, int n, int base,
-                                          long long* C) {
+                                          int stop, int cnt, unsigned ut, int tcol, bool open, bool uform, int n,
+                                          int base, long long* C) {
   const int lane = lane_id();
   for (int e = 0; e < 8; ++e) {
     const int pos = g + e;
     if (pos < start) continue;  // uniform
     if (pos >= stop) break;
-    const unsigned u = group_u(a, b, c2, d, e);
+    const unsigned u = uform ? group_u(a, b, c2, d, e) : s_to_u(group_u(a, b, c2, d, e));
     const int c = Layout<VEC>::col(pos, lane);
     const bool beat = c < n && (open || u > ut || (u == ut && c < tcol));
     const unsigned bal = __ballot_sync(kFull, beat);
@@ -316,6 +333,8 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
     load_segment<VEC>(prow, s0, n, lane, w);
     if constexpr (FIRST) {
       if (s0 == 0) {
+#pragma unroll
+        for (int p = 0; p < L_::N / 2; ++p) w[p] = order_pair(w[p]);
         start_list<KW, VEC>(w, n, f0, L);
         have = dirty = true;
         theta = L[KW - 1];
@@ -324,7 +343,10 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
     }
     // Merge the segment into the list in rounds: a round appends the keys above theta, in
     // position order, until the candidate buffer would overflow at position `stop`; then the
-    // buffer is merged (raising theta) and the next round resumes at `stop`.
+    // buffer is merged (raising theta) and the next round resumes at `stop`. The words stay in
+    // s-form while theta is non-negative (u(theta) >= 0x8000), else they turn to u-form.
+    to_sform(w);
+    bool uform = false;
     int start = 0;
 #pragma unroll 1
     while (start < L_::N) {
@@ -333,17 +355,27 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
       const unsigned ut = theta == kMinKey ? 0u : static_cast<unsigned>(static_cast<int>(theta >> 32) + 32768);
       const int tcol = theta == kMinKey ? 0x7FFFFFFF : static_cast<int>(~static_cast<unsigned>(theta)) - f0 - s0;
       const bool open = theta == kMinKey;
+      if (ut < 0x8000u && !uform) {  // a negative theta: compare orders
+        sform_to_u(w);
+        uform = true;
+      }
+      // groups of 8 positions that hold a value >= u(theta) in some lane: the max of each
+      // group's 4 words by 16-bit SIMD max, one bit a group, OR-ed over the warp
+      unsigned mask = 0;
+#pragma unroll
+      for (int g = 0; g < L_::N; g += 8) {
+        const int q = g / 2;
+        const unsigned m = __vmaxu2(__vmaxu2(w[q], w[q + 1]), __vmaxu2(w[q + 2], w[q + 3]));
+        mask |= static_cast<unsigned>(max(m & 0xFFFFu, m >> 16) >= ut) << (g / 8);
+      }
+      mask = __reduce_or_sync(kFull, mask);
       int stop = L_::N, cnt = 0;
 #pragma unroll
       for (int g = 0; g < L_::N; g += 8) {
-        if (g + 8 <= start || g >= stop) continue;  // uniform
-        bool any = false;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) any |= u_of(w, g + e) >= ut;
-        if (!__any_sync(kFull, any)) continue;
+        if (!((mask >> (g / 8)) & 1u) || g + 8 <= start || g >= stop) continue;  // uniform
         const int q = g / 2;
         const int2 r2 = append_group<VEC>(w[q], w[q + 1], w[q + 2], w[q + 3], g, start, stop, cnt, ut, tcol, open,
-                                          n, f0 + s0, C);
+                                          uform, n, f0 + s0, C);
         cnt = r2.x;
         stop = r2.y;
       }
