@@ -7,6 +7,7 @@ Three paths, all exact:
 - ``path="gemm"``, the default from GEMM_MIN_T = 1024 rows (encode_gemm, described before it
   below): cuBLAS products in chunks (16-bit with the bias, or float32) and a selection kernel
   over each chunk. TopK compares pre-activations rounded to the output dtype (_rounded).
+  ``select="cuda"`` (the op's cuda backend) runs csrc/sae_encode_topk.cu's selection instead.
 - ``path="candidates"``, the default for 64 < T < 1024 (encode_candidates, described before it below):
   the top k of a sample of the features gives each row a threshold; one fused tiled matmul over
   the other features appends only the entries above it to a small per-row buffer; an exact top
