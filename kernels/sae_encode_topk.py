@@ -873,42 +873,43 @@ def encode_gemm(x, W_enc, b_enc, b_dec, k, values, indices, budget=None, chunks=
     cnt = torch.empty((tc,), device=dev, dtype=torch.int32)
     sort_net = not interpreting()
     repeats = {}  # (FIRST, LAST, P's row stride) -> the compiled launch repeated (None: generic only)
+    for p, v, i, f0, f1 in _chunks(x, W_enc, b_enc if p16 else None, b_dec, values, indices, P, tc, fc):
+        key = (f0 == 0, f1 == F, f1 - f0)
+        rows = p.shape[0]
+        args = (p, b_enc, run, pend, cnt, v, i, rows, f1 - f0, f0, k, f1 - f0, v.stride(0), i.stride(0),
+                key[0], key[1], sort_net, pre_code, shift, bt_first if key[0] else bt, bf, bf0, kw, cp)
+        grid = (triton.cdiv(rows, args[-5]),)
+        r = repeats.get(key)
+        if r is None or not r(grid, args):
+            compiled = _gemm_select_kernel[grid](*args, num_warps=warps)
+            repeats[key] = r or Repeat.make(compiled, dev)
+
+
+def _chunks(x, W_enc, bias, b_dec, values, indices, P, tc, fc):
+    """The GEMM path's chunks in order (row blocks, then features): the product of each written
+    into P (with ``bias`` when given), yielded as (chunk [rows, cols], values and indices of
+    those rows, f0, f1)."""
+    T, F = x.shape[0], W_enc.shape[1]
     for t0 in range(0, T, tc):
         t1 = min(T, t0 + tc)
         xs = _shifted(x[t0:t1], W_enc, b_dec)
-        v, i = values[t0:t1], indices[t0:t1]
         for f0 in range(0, F, fc):
             f1 = min(F, f0 + fc)
             p = P[:(t1 - t0) * (f1 - f0)].view(t1 - t0, f1 - f0)
-            _product(xs, W_enc[:, f0:f1], b_enc[f0:f1] if p16 else None, p)
-            key = (f0 == 0, f1 == F, f1 - f0)
-            args = (p, b_enc, run, pend, cnt, v, i, t1 - t0, f1 - f0, f0, k, f1 - f0, v.stride(0), i.stride(0),
-                    key[0], key[1], sort_net, pre_code, shift, bt_first if key[0] else bt, bf, bf0, kw, cp)
-            grid = (triton.cdiv(t1 - t0, args[-5]),)
-            r = repeats.get(key)
-            if r is None or not r(grid, args):
-                compiled = _gemm_select_kernel[grid](*args, num_warps=warps)
-                repeats[key] = r or Repeat.make(compiled, dev)
-        del xs, p  # before the next chunk's x - b_dec is made: one at a time in memory
+            _product(xs, W_enc[:, f0:f1], None if bias is None else bias[f0:f1], p)
+            yield p, values[t0:t1], indices[t0:t1], f0, f1
+        del xs  # before the next block's x - b_dec is made: one at a time in memory
 
 
 def _encode_gemm_cuda(x, W_enc, b_enc, b_dec, k, values, indices, tc, fc, kw):
     """encode_gemm with the CUDA selection: per chunk one cuBLAS product (16-bit, with its bias)
     and one selection launch; the lists ``run`` are the only other buffer."""
     select = torch.ops.steerkit_cuda.sae_encode_topk_select
-    T, F = x.shape[0], W_enc.shape[1]
+    F = W_enc.shape[1]
     P = torch.empty((tc * fc,), device=x.device, dtype=x.dtype)
     run = torch.empty((tc, kw), device=x.device, dtype=torch.int64)
-    for t0 in range(0, T, tc):
-        t1 = min(T, t0 + tc)
-        xs = _shifted(x[t0:t1], W_enc, b_dec)
-        v, i = values[t0:t1], indices[t0:t1]
-        for f0 in range(0, F, fc):
-            f1 = min(F, f0 + fc)
-            p = P[:(t1 - t0) * (f1 - f0)].view(t1 - t0, f1 - f0)
-            _product(xs, W_enc[:, f0:f1], b_enc[f0:f1], p)
-            select(p, run, v, i, f0, k, f0 == 0, f1 == F)
-        del xs, p  # before the next chunk's x - b_dec is made: one at a time in memory
+    for p, v, i, f0, f1 in _chunks(x, W_enc, b_enc, b_dec, values, indices, P, tc, fc):
+        select(p, run, v, i, f0, k, f0 == 0, f1 == F)
 
 
 DEFAULT_PATH = "candidates"  # for SMALL_T < T < GEMM_MIN_T: see the module docstring
