@@ -14,19 +14,21 @@
 // both sign-magnitude, so the same bit transform orders either.
 //
 // Work: one warp per row, 4 rows a block. A lane holds a segment of the row in registers (16
-// 16-byte vectors: 4096 columns per warp; unaligned rows: 64 scalars, 2048 columns), each
-// 16-bit value turned into its biased order u (0 .. 65535, two per 32-bit word) once.
-// - The first segment of the first chunk starts the lists: the KW-th largest u by bisection (16
-//   steps of one compare per value and a warp sum), ties at it resolved by a bisection on the
-//   column, the selected keys compacted by ballot and ordered by rank.
+// 16-byte vectors: 4096 columns per warp; unaligned rows: 64 scalars, 2048 columns), two 16-bit
+// values a 32-bit word.
+// - The first segment of the first chunk starts the lists: the words turn into the biased order
+//   u (0 .. 65535); the KW-th largest u by bisection (16 steps of one compare per value and a
+//   warp sum), ties at it resolved by a bisection on the column, the selected keys compacted by
+//   ballot and ordered by rank.
 // - Every other segment: a value can only enter the list if u >= u(theta), theta the list's
-//   KW-th key. A group of 8 values with none above is skipped after one warp vote; otherwise
-//   each value's exact test (key > theta) is balloted and the winners take consecutive slots in
-//   a 64-key candidate buffer. A full buffer (or the segment's end) is merged into the list by
-//   rank (each list key moves down by the candidates above it, each candidate goes to the list
-//   keys above it, found by binary search, plus the candidates above it), which raises theta.
-//   After the first chunks of features almost every group is skipped: the scan runs at about
-//   the read rate. Exact for every row; no host sync; nothing allocated (graph safe).
+//   KW-th key. Each group of 8 positions is flagged when one of its values reaches u(theta), by
+//   a 16-bit SIMD max over its 4 words (in s-form, the sign bit flipped, while theta is not
+//   negative; else in u), one bit a group, OR-ed over the warp. A flagged group's exact test
+//   (key > theta) is balloted and the winners take consecutive slots in a 64-key candidate
+//   buffer. A full buffer (or the segment's end) is merged into the list by rank (each list key
+//   moves down by the candidates above it, each candidate goes to the list keys above it,
+//   found by binary search, plus the candidates above it), which raises theta, and the scan
+//   resumes where it stopped. Exact for every row; no host sync; nothing allocated (graph safe).
 #include "common.cuh"
 #include "ops.h"
 
@@ -39,13 +41,6 @@ constexpr int kScalars = 64;       // 16-bit values a lane holds (scalar path)
 constexpr int kCand = 64;          // candidate slots per row
 constexpr unsigned kFull = 0xFFFFFFFFu;
 constexpr long long kMinKey = -0x7FFFFFFFFFFFFFFFLL - 1;
-
-// Raw 16-bit float bits (two per word) -> biased order u: negative values flip every bit,
-// others flip the sign bit; u orders as the values do (-NaN < -inf < ... < -0 < +0 < ... < NaN).
-__device__ __forceinline__ unsigned order_pair(unsigned w) {
-  const unsigned neg = (w >> 15) & 0x00010001u;
-  return w ^ (neg * 0x7FFFu) ^ 0x80008000u;
-}
 
 __device__ __forceinline__ long long make_key(unsigned u, int feature) {
   const long long hi = static_cast<long long>(static_cast<int>(u) - 32768);
@@ -94,7 +89,9 @@ __device__ __forceinline__ void load_segment(const unsigned short* row, int s0, 
   }
 }
 
-// Raw words -> s-form: the sign bit flipped. Non-negative values are then their order u, and
+// Raw words -> s-form: the sign bit flipped. Non-negative values are then their biased order u
+// (u orders as the values do: -NaN < -inf < ... < -0 < +0 < ... < NaN; sform_to_u gives it for
+// negative values too), and
 // every negative value is below 0x8000, so a threshold u(theta) >= 0x8000 compares exactly
 // against s-form words (one XOR a word instead of the order transform).
 template <int W> __device__ __forceinline__ void to_sform(unsigned (&w)[W]) {
@@ -325,6 +322,12 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
   const unsigned short* prow = P + r * sp;
 
   bool have = false, dirty = false;  // L holds the list; L differs from run[r]
+  auto fetch_list = [&]() {  // L = run[r], once, when a merge or the output needs it
+    if (have) return;
+    for (int i = lane; i < KW; i += 32) L[i] = grow[i];
+    __syncwarp();
+    have = true;
+  };
   long long theta = FIRST ? kMinKey : grow[KW - 1];  // the list's KW-th key
   unsigned w[L_::N / 2];
 #pragma unroll 1
@@ -333,8 +336,8 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
     load_segment<VEC>(prow, s0, n, lane, w);
     if constexpr (FIRST) {
       if (s0 == 0) {
-#pragma unroll
-        for (int p = 0; p < L_::N / 2; ++p) w[p] = order_pair(w[p]);
+        to_sform(w);
+        sform_to_u(w);
         start_list<KW, VEC>(w, n, f0, L);
         have = dirty = true;
         theta = L[KW - 1];
@@ -380,10 +383,7 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
         stop = r2.y;
       }
       if (cnt > 0) {
-        if (!have) {
-          for (int i = lane; i < KW; i += 32) L[i] = grow[i];
-          have = true;
-        }
+        fetch_list();
         merge<KW>(L, C, cnt, lane);
         dirty = true;
         theta = L[KW - 1];
@@ -392,10 +392,7 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
     }
   }
   if (last) {
-    if (!have) {
-      for (int i = lane; i < KW; i += 32) L[i] = grow[i];
-      __syncwarp();
-    }
+    fetch_list();
     for (int j = lane; j < k; j += 32) {
       const long long key = L[j];
       const int o = static_cast<int>(key >> 32);  // order: back to raw bits (an involution)

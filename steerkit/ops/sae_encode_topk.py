@@ -50,9 +50,10 @@ def _op(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Optional[Tensor], k: int
 
 def cuda_refusal(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> Optional[str]:
     """Why the CUDA selection (the GEMM path with csrc/sae_encode_topk.cu) cannot take these
-    inputs, or None: it needs GEMM_MIN_T rows or more (below, chunked products are host-bound)
-    and x, W_enc and b_enc in one 16-bit dtype (it selects from the 16-bit product)."""
-    from steerkit.kernels.sae_encode_topk import GEMM_MIN_T, MAX_K
+    inputs, or None: it needs GEMM_MIN_T rows or more (below, chunked products are host-bound),
+    x, W_enc and b_enc in one 16-bit dtype (it selects from the 16-bit product), and k within
+    the lists' width (``k_refusal``, as Triton)."""
+    from steerkit.kernels.sae_encode_topk import GEMM_MIN_T
 
     T = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if T < GEMM_MIN_T:
@@ -60,9 +61,14 @@ def cuda_refusal(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> Optional[st
     if not (x.dtype == W_enc.dtype == b_enc.dtype and x.dtype in (torch.float16, torch.bfloat16)):
         return (f"x, W_enc and b_enc must share a 16-bit dtype for the CUDA selection, got {x.dtype}, {W_enc.dtype}, "
                 f"{b_enc.dtype}")
-    if k > MAX_K:
-        return f"k={k} exceeds {MAX_K}, the longest running top-k the kernel keeps"
-    return None
+    return k_refusal(k)
+
+
+def k_refusal(k: int) -> Optional[str]:
+    """Why the fast kernels cannot keep a top-k this long, or None."""
+    from steerkit.kernels.sae_encode_topk import MAX_K
+
+    return f"k={k} exceeds {MAX_K}, the longest running top-k the kernel keeps" if k > MAX_K else None
 
 
 @_op.register_fake
@@ -80,9 +86,6 @@ def sae_encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, b_dec: Opti
     if torch.compiler.is_compiling():
         v, i = R.sae_encode_topk(x2, W_enc, b_enc, k, b_dec)
     else:
-        from steerkit.kernels.sae_encode_topk import MAX_K
-
-        too_big = f"k={k} exceeds {MAX_K}, the longest running top-k the kernel keeps" if k > MAX_K else None
-        chosen = _sae.backend_for(OP, x, backend, too_big, cuda_refusal(x2, W_enc, b_enc, k))
+        chosen = _sae.backend_for(OP, x, backend, k_refusal(k), cuda_refusal(x2, W_enc, b_enc, k))
         v, i = _op(x2, W_enc, b_enc, b_dec, k, chosen)
     return v.reshape(*lead, k), i.reshape(*lead, k)
