@@ -11,6 +11,7 @@ Usage: python benchmarks/probe_topk_cuda.py [--out DIR]
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -79,7 +80,8 @@ def main(argv=None):
         for e in prof.key_averages():
             t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
             if "topk_select_kernel" in e.key:  # before the filter below: its name holds "steerkit::"
-                kind = "select"
+                # the first chunk of features (template FIRST = true) apart from the later ones
+                kind = "select_first" if re.search(r"topk_select_kernel<\d+, \w+, true>", e.key) else "select"
             elif t <= 0 or e.key.startswith(("aten::", "cuda", "Memcpy", "Memset")) or "steerkit::" in e.key:
                 continue
             else:

@@ -347,6 +347,7 @@ def _cuda_encode(x, W_enc, b_enc, b_dec, k, chunks=None):
     (100, 3001, 33, (64, 777)),  # odd widths: the scalar path
     (50, 9000, 200, (32, 4500)),  # KW = 256; 4500 columns: segments of 2048 (scalar)
     (70, 12000, 16, (64, 6000)),  # two 4096-column segments (vector)
+    (260, 8192, 64, (128, 4096)),  # full first segments: the lists start from seeds (vector)
     (9, 40, 30, (16, 16)),  # chunks narrower than KW: lists short of KW keys over chunks
     (1030, 2048, 64, None),  # default chunks
 ])
