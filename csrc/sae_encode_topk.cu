@@ -39,6 +39,7 @@ constexpr int kRowsPerBlock = 4;   // one warp per row
 constexpr int kVecs = 16;          // 16-byte vectors a lane holds (vector path)
 constexpr int kScalars = 64;       // 16-bit values a lane holds (scalar path)
 constexpr int kCand = 64;          // candidate slots per row
+constexpr int kStartCap = 128;     // keys start_list_capped ranks (its buffer: the candidate slots)
 constexpr unsigned kFull = 0xFFFFFFFFu;
 constexpr long long kMinKey = -0x7FFFFFFFFFFFFFFFLL - 1;
 
@@ -222,76 +223,6 @@ __device__ __noinline__ int select_group(unsigned a, unsigned b, unsigned c2, un
   return cnt;
 }
 
-// Sorts L[0 .. want) descending by rank (unique keys) and fills L[want .. KW) with kMinKey.
-template <int KW> __device__ void sort_list(long long* L, int want) {
-  constexpr int PL = (KW + 31) / 32;
-  const int lane = lane_id();
-  long long key[PL];
-  int rank[PL];
-#pragma unroll
-  for (int p = 0; p < PL; ++p) {
-    const int i = lane + 32 * p;
-    key[p] = i < want ? L[i] : kMinKey;
-    rank[p] = 0;
-  }
-#pragma unroll 1
-  for (int c = 0; c < want; ++c) {
-    const long long x = L[c];
-#pragma unroll
-    for (int p = 0; p < PL; ++p) rank[p] += x > key[p];
-  }
-  __syncwarp();
-#pragma unroll
-  for (int p = 0; p < PL; ++p) {
-    const int i = lane + 32 * p;
-    if (i < want) L[rank[p]] = key[p];
-    else if (i < KW) L[i] = kMinKey;
-  }
-  __syncwarp();
-}
-
-// Seeds the lists from a full first segment (words in u-form), the usual case: the largest value
-// of each of KW parts of the segment (KW / 32 parts a lane, or one in each of the first KW
-// lanes) is a key; KW real keys sorted make a valid list, whose last key is a threshold that the
-// scan which follows (as for any later segment) raises to the exact top KW. The seeds' positions
-// are cleared to u = 0, below that threshold, so that the scan cannot take them twice. Returns
-// false, changing nothing, when some part's largest u is 0 (a cleared seed would then tie it).
-template <int KW, bool VEC>
-__device__ bool seed_list(unsigned (&w)[Layout<VEC>::N / 2], int base, long long* L) {
-  using L_ = Layout<VEC>;
-  constexpr int W = L_::N / 2;               // words a lane holds
-  constexpr int P = KW >= 32 ? KW / 32 : 1;  // parts a lane
-  constexpr int PW = W / P;                  // words a part
-  const int lane = lane_id();
-  const bool seeds = KW >= 32 || lane < KW;  // lanes that give seeds
-  unsigned m[P], lo = 0xFFFFu;
-#pragma unroll
-  for (int p = 0; p < P; ++p) {
-    unsigned v = w[p * PW];
-#pragma unroll
-    for (int q = 1; q < PW; ++q) v = __vmaxu2(v, w[p * PW + q]);
-    m[p] = max(v & 0xFFFFu, v >> 16);
-    if (seeds) lo = min(lo, m[p]);
-  }
-  if (__reduce_min_sync(kFull, lo) == 0) return false;
-#pragma unroll
-  for (int p = 0; p < P; ++p) {
-    int pos = -1;  // the part's first position holding m[p]
-#pragma unroll
-    for (int i = 2 * p * PW; i < 2 * (p + 1) * PW; ++i) {
-      const bool hit = seeds && pos < 0 && u_of(w, i) == m[p];
-      if (hit) {
-        pos = i;
-        w[i >> 1] &= (i & 1) ? 0x0000FFFFu : 0xFFFF0000u;
-      }
-    }
-    if (seeds) L[lane * P + p] = make_key(m[p], base + L_::col(pos, lane));
-  }
-  __syncwarp();
-  sort_list<KW>(L, KW);
-  return true;
-}
-
 // Starts the lists from the first segment (n valid columns, padding u = 0): L[0 .. KW) = its
 // `want` = min(n, KW) largest keys sorted, then kMinKey.
 template <int KW, bool VEC>
@@ -347,7 +278,115 @@ __device__ void start_list(unsigned (&w)[Layout<VEC>::N / 2], int n, int base, l
     cnt = select_group<VEC>(w[q], w[q + 1], w[q + 2], w[q + 3], g, cnt, t, cut, base, L);
   }
   __syncwarp();
-  sort_list<KW>(L, want);
+  constexpr int PL = (KW + 31) / 32;
+  const int lane = lane_id();
+  long long key[PL];
+  int rank[PL];
+#pragma unroll
+  for (int p = 0; p < PL; ++p) {
+    const int i = lane + 32 * p;
+    key[p] = i < want ? L[i] : kMinKey;
+    rank[p] = 0;
+  }
+#pragma unroll 1
+  for (int c = 0; c < want; ++c) {
+    const long long x = L[c];
+#pragma unroll
+    for (int p = 0; p < PL; ++p) rank[p] += x > key[p];
+  }
+  __syncwarp();
+#pragma unroll
+  for (int p = 0; p < PL; ++p) {
+    const int i = lane + 32 * p;
+    if (i < want) L[rank[p]] = key[p];
+    else if (i < KW) L[i] = kMinKey;
+  }
+  __syncwarp();
+}
+
+// Starts the lists from a full first segment (words in u-form), KW <= 64, without settling ties
+// by bisection: a threshold lo with KW <= count(u >= lo) <= kStartCap, by bisection between the
+// bounds the segment gives (the smallest of KW parts' largest values: KW values reach it; the
+// largest value), then every key with u >= lo compacted into B and the top KW of them placed in
+// L by rank (keys are unique, so ties at lo are settled by the column). Returns false, L
+// untouched, when more than kStartCap values tie at one u (start_list then settles them).
+template <int KW, bool VEC>
+__device__ bool start_list_capped(unsigned (&w)[Layout<VEC>::N / 2], int base, long long* L, long long* B) {
+  using L_ = Layout<VEC>;
+  constexpr int W = L_::N / 2;               // words a lane holds
+  constexpr int P = KW >= 32 ? KW / 32 : 1;  // parts a lane
+  constexpr int PW = W / P;                  // words a part
+  static_assert(KW <= 64 && kStartCap % 32 == 0 && kStartCap >= KW, "start_list_capped: KW <= 64");
+  const int lane = lane_id();
+  unsigned lo = 0xFFFFu, hi = 0u;
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    unsigned v = w[p * PW];
+#pragma unroll
+    for (int q = 1; q < PW; ++q) v = __vmaxu2(v, w[p * PW + q]);
+    const unsigned m = max(v & 0xFFFFu, v >> 16);
+    if (KW >= 32 || lane < KW) lo = min(lo, m);  // KW parts in all
+    hi = max(hi, m);
+  }
+  lo = __reduce_min_sync(kFull, lo);
+  hi = __reduce_max_sync(kFull, hi) + 1u;  // count(u >= hi) = 0
+  auto count = [&](unsigned t) {
+    int c = 0;
+#pragma unroll
+    for (int q = 0; q < W; ++q) c += ((w[q] & 0xFFFFu) >= t) + ((w[q] >> 16) >= t);
+    return c;
+  };
+  int n_lo = warp_sum(count(lo));
+#pragma unroll 1
+  while (n_lo > kStartCap && hi - lo > 1) {
+    opaque(w);
+    const unsigned mid = (lo + hi) >> 1;
+    const int c = warp_sum(count(mid));
+    if (c >= KW) {
+      lo = mid;
+      n_lo = c;
+    } else {
+      hi = mid;
+    }
+  }
+  if (n_lo > kStartCap) return false;
+  opaque(w);
+  const int mine = count(lo);
+  int inc = mine;  // inclusive scan of the lanes' counts: each lane's keys go to B[off ..)
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int t = __shfl_up_sync(kFull, inc, o);
+    if (lane >= o) inc += t;
+  }
+  int off = inc - mine;
+  opaque(w);
+#pragma unroll
+  for (int i = 0; i < L_::N; ++i) {
+    const unsigned u = u_of(w, i);
+    if (u >= lo) B[off++] = make_key(u, base + L_::col(i, lane));
+  }
+  __syncwarp();
+  constexpr int PB = kStartCap / 32;
+  long long key[PB];
+  int rank[PB];
+#pragma unroll
+  for (int p = 0; p < PB; ++p) {
+    const int j = lane + 32 * p;
+    key[p] = j < n_lo ? B[j] : kMinKey;
+    rank[p] = 0;
+  }
+#pragma unroll 1
+  for (int c = 0; c < n_lo; ++c) {
+    const long long x = B[c];
+#pragma unroll
+    for (int p = 0; p < PB; ++p) rank[p] += x > key[p];
+  }
+  __syncwarp();
+#pragma unroll
+  for (int p = 0; p < PB; ++p)
+    if (lane + 32 * p < n_lo && rank[p] < KW) L[rank[p]] = key[p];
+  __syncwarp();
+  return true;
 }
 
 // FIRST (the lists start in this chunk's first segment) needs more registers: 2 blocks an SM
@@ -359,7 +398,7 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
                    bool last, bool half) {
   using L_ = Layout<VEC>;
   __shared__ long long lists[kRowsPerBlock][KW];
-  __shared__ long long cands[kRowsPerBlock][kCand];
+  __shared__ long long cands[kRowsPerBlock][FIRST && KW <= 64 ? kStartCap : kCand];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp;
   if (r >= rows) return;  // whole warps leave: every shuffle below is warp-uniform
@@ -368,50 +407,37 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
   long long* grow = run + r * KW;
   const unsigned short* prow = P + r * sp;
 
-  // The row's list: read at the start in registers while KW <= 64 (the load overlaps the
-  // segment's), else when needed; put in L when a merge or the output needs it.
-  constexpr int PL = (KW + 31) / 32;
-  constexpr bool PRE = !FIRST && PL <= 2;
-  long long pre[PL];
-#pragma unroll
-  for (int p = 0; p < PL; ++p) pre[p] = PRE && lane + 32 * p < KW ? grow[lane + 32 * p] : kMinKey;
   bool have = false, dirty = false;  // L holds the list; L differs from run[r]
-  auto fetch_list = [&]() {
+  auto fetch_list = [&]() {  // L = run[r], once, when a merge or the output needs it
     if (have) return;
-#pragma unroll
-    for (int p = 0; p < PL; ++p)
-      if (lane + 32 * p < KW) L[lane + 32 * p] = PRE ? pre[p] : grow[lane + 32 * p];
+    for (int i = lane; i < KW; i += 32) L[i] = grow[i];
     __syncwarp();
     have = true;
   };
-  // the list's KW-th key
-  long long theta = FIRST ? kMinKey : PRE ? __shfl_sync(kFull, pre[PL - 1], (KW - 1) & 31) : grow[KW - 1];
+  long long theta = FIRST ? kMinKey : grow[KW - 1];  // the list's KW-th key
   unsigned w[L_::N / 2];
 #pragma unroll 1
   for (int s0 = 0; s0 < NF; s0 += L_::WIDTH) {
     const int n = min(NF - s0, L_::WIDTH);
     load_segment<VEC>(prow, s0, n, lane, w);
-    bool uform = false;
     if constexpr (FIRST) {
       if (s0 == 0) {
         to_sform(w);
         sform_to_u(w);
+        bool started = false;
+        if constexpr (KW <= 64) started = n == L_::WIDTH && start_list_capped<KW, VEC>(w, f0, L, C);
+        if (!started) start_list<KW, VEC>(w, n, f0, L);
         have = dirty = true;
-        if (n == L_::WIDTH && seed_list<KW, VEC>(w, f0, L)) {
-          uform = true;  // seeded: the scan below raises the list to the exact top KW
-        } else {
-          start_list<KW, VEC>(w, n, f0, L);  // exact already
-          theta = L[KW - 1];
-          continue;
-        }
         theta = L[KW - 1];
+        continue;
       }
     }
     // Merge the segment into the list in rounds: a round appends the keys above theta, in
     // position order, until the candidate buffer would overflow at position `stop`; then the
     // buffer is merged (raising theta) and the next round resumes at `stop`. The words stay in
     // s-form while theta is non-negative (u(theta) >= 0x8000), else they turn to u-form.
-    if (!uform) to_sform(w);
+    to_sform(w);
+    bool uform = false;
     int start = 0;
 #pragma unroll 1
     while (start < L_::N) {

@@ -363,6 +363,33 @@ def test_cuda_select_exact_ties(dtype, T, F, k, chunks):
 
 
 @cuda_select
+@pytest.mark.parametrize("k", [16, 33, 64, 100])
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+def test_cuda_select_first_segment(k, scale):
+    """One 8192-column chunk as first and last chunk, fresh random bf16 values (scale 1e-3: few
+    distinct values, so many ties at the threshold), plus rows that defeat the capped start
+    (all equal: every value ties; a ramp of 200 equal values above the rest), against a stable
+    sort: value descending, then the lower column."""
+    from steerkit import _cuda_ext
+
+    _cuda_ext.load()
+    R_, NF = 300, 8192
+    P = (torch.randn(R_, NF, device=DEVICE) * scale).bfloat16()
+    P[0] = 0.5
+    P[1, :] = -1.0
+    P[1, 1000:1200] = 2.0
+    P[2] = -P[2].abs()  # all negative: values clamp to 0
+    kw = max(16, 1 << (k - 1).bit_length())
+    run = torch.empty(R_, kw, device=DEVICE, dtype=torch.int64)
+    v = torch.empty(R_, k, device=DEVICE, dtype=torch.bfloat16)
+    i = torch.empty(R_, k, device=DEVICE, dtype=torch.int64)
+    torch.ops.steerkit_cuda.sae_encode_topk_select(P, run, v, i, 5, k, True, True)
+    sv, si = torch.sort(P.float(), dim=1, descending=True, stable=True)
+    assert torch.equal(i, si[:, :k] + 5)
+    assert torch.equal(v, sv[:, :k].clamp_min(0).bfloat16())
+
+
+@cuda_select
 @pytest.mark.parametrize("ascending", [True, False])
 def test_cuda_select_later_chunks_outrank_earlier(ascending):
     """Biases rising with the feature index: every entry of each later chunk beats the lists,
