@@ -189,19 +189,32 @@ __device__ __noinline__ int2 append_group(unsigned a, unsigned b, unsigned c2, u
                                           int stop, int cnt, unsigned ut, int tcol, bool open, bool uform, int n,
                                           int base, long long* C) {
   const int lane = lane_id();
+  // the positions whose exact test passes in this lane, OR-ed over the warp: only those take a
+  // ballot (late chunks: usually one position of the 8)
+  unsigned bits = 0;
+#pragma unroll
   for (int e = 0; e < 8; ++e) {
     const int pos = g + e;
-    if (pos < start) continue;  // uniform
-    if (pos >= stop) break;
     const unsigned u = uform ? group_u(a, b, c2, d, e) : s_to_u(group_u(a, b, c2, d, e));
     const int c = Layout<VEC>::col(pos, lane);
-    const bool beat = c < n && (open || u > ut || (u == ut && c < tcol));
+    const bool beat = pos >= start && pos < stop && c < n && (open || u > ut || (u == ut && c < tcol));
+    bits |= static_cast<unsigned>(beat) << e;
+  }
+  unsigned todo = __reduce_or_sync(kFull, bits);
+  while (todo) {  // in position order
+    const int e = __ffs(todo) - 1;
+    todo &= todo - 1;
+    const int pos = g + e;
+    const bool beat = (bits >> e) & 1u;
     const unsigned bal = __ballot_sync(kFull, beat);
     if (cnt + __popc(bal) > kCand) {  // no room: this position starts the next round
       stop = pos;
       break;
     }
-    if (beat) C[cnt + __popc(bal & ((1u << lane) - 1u))] = make_key(u, base + c);
+    if (beat) {
+      const unsigned u = uform ? group_u(a, b, c2, d, e) : s_to_u(group_u(a, b, c2, d, e));
+      C[cnt + __popc(bal & ((1u << lane) - 1u))] = make_key(u, base + Layout<VEC>::col(pos, lane));
+    }
     cnt += __popc(bal);
   }
   return make_int2(cnt, stop);
