@@ -17,14 +17,18 @@
 // 16-byte vectors: 4096 columns per warp; unaligned rows: 64 scalars, 2048 columns), two 16-bit
 // values a 32-bit word.
 // - The first segment of the first chunk starts the lists: the words turn into the biased order
-//   u (0 .. 65535); the KW-th largest u by bisection (16 steps of one compare per value and a
-//   warp sum), ties at it resolved by a bisection on the column, the selected keys compacted by
-//   ballot and ordered by rank.
+//   u (0 .. 65535). KW <= 64 and a full segment (start_list_capped): a threshold that at most
+//   128 values reach and at least KW do, by bisection between the smallest of KW parts' largest
+//   values and the largest value (a few steps: it stops as soon as the count fits); those keys
+//   compacted and the top KW of them taken by rank, ties settled by the key itself. Otherwise,
+//   or when more than 128 values tie (start_list): the KW-th largest u by a full bisection (16
+//   steps), ties at it by a bisection on the column, the selected keys ordered by rank.
 // - Every other segment: a value can only enter the list if u >= u(theta), theta the list's
 //   KW-th key. Each group of 8 positions is flagged when one of its values reaches u(theta), by
 //   a 16-bit SIMD max over its 4 words (in s-form, the sign bit flipped, while theta is not
 //   negative; else in u), one bit a group, OR-ed over the warp. A flagged group's exact test
-//   (key > theta) is balloted and the winners take consecutive slots in a 64-key candidate
+//   (key > theta) runs on its 8 positions in each lane, OR-ed over the warp; each position that
+//   passes somewhere is balloted and its winners take consecutive slots in a 64-key candidate
 //   buffer. A full buffer (or the segment's end) is merged into the list by rank (each list key
 //   moves down by the candidates above it, each candidate goes to the list keys above it,
 //   found by binary search, plus the candidates above it), which raises theta, and the scan
