@@ -240,6 +240,31 @@ __device__ __noinline__ int select_group(unsigned a, unsigned b, unsigned c2, un
   return cnt;
 }
 
+// Places the n unique keys of src (n <= 32 * PB) by rank, largest first: dst[r] = the key that
+// r keys exceed, for r < KW. src may be dst: every key is read before any is written.
+template <int PB, int KW> __device__ void place_by_rank(const long long* src, int n, long long* dst) {
+  const int lane = lane_id();
+  long long key[PB];
+  int rank[PB];
+#pragma unroll
+  for (int p = 0; p < PB; ++p) {
+    const int j = lane + 32 * p;
+    key[p] = j < n ? src[j] : kMinKey;
+    rank[p] = 0;
+  }
+#pragma unroll 1
+  for (int c = 0; c < n; ++c) {
+    const long long x = src[c];
+#pragma unroll
+    for (int p = 0; p < PB; ++p) rank[p] += x > key[p];
+  }
+  __syncwarp();
+#pragma unroll
+  for (int p = 0; p < PB; ++p)
+    if (lane + 32 * p < n && rank[p] < KW) dst[rank[p]] = key[p];
+  __syncwarp();
+}
+
 // Starts the lists from the first segment (n valid columns, padding u = 0): L[0 .. KW) = its
 // `want` = min(n, KW) largest keys sorted, then kMinKey.
 template <int KW, bool VEC>
@@ -295,29 +320,8 @@ __device__ void start_list(unsigned (&w)[Layout<VEC>::N / 2], int n, int base, l
     cnt = select_group<VEC>(w[q], w[q + 1], w[q + 2], w[q + 3], g, cnt, t, cut, base, L);
   }
   __syncwarp();
-  constexpr int PL = (KW + 31) / 32;
-  const int lane = lane_id();
-  long long key[PL];
-  int rank[PL];
-#pragma unroll
-  for (int p = 0; p < PL; ++p) {
-    const int i = lane + 32 * p;
-    key[p] = i < want ? L[i] : kMinKey;
-    rank[p] = 0;
-  }
-#pragma unroll 1
-  for (int c = 0; c < want; ++c) {
-    const long long x = L[c];
-#pragma unroll
-    for (int p = 0; p < PL; ++p) rank[p] += x > key[p];
-  }
-  __syncwarp();
-#pragma unroll
-  for (int p = 0; p < PL; ++p) {
-    const int i = lane + 32 * p;
-    if (i < want) L[rank[p]] = key[p];
-    else if (i < KW) L[i] = kMinKey;
-  }
+  place_by_rank<(KW + 31) / 32, KW>(L, want, L);
+  for (int i = want + lane_id(); i < KW; i += 32) L[i] = kMinKey;
   __syncwarp();
 }
 
@@ -383,26 +387,7 @@ __device__ bool start_list_capped(unsigned (&w)[Layout<VEC>::N / 2], int base, l
     if (u >= lo) B[off++] = make_key(u, base + L_::col(i, lane));
   }
   __syncwarp();
-  constexpr int PB = kStartCap / 32;
-  long long key[PB];
-  int rank[PB];
-#pragma unroll
-  for (int p = 0; p < PB; ++p) {
-    const int j = lane + 32 * p;
-    key[p] = j < n_lo ? B[j] : kMinKey;
-    rank[p] = 0;
-  }
-#pragma unroll 1
-  for (int c = 0; c < n_lo; ++c) {
-    const long long x = B[c];
-#pragma unroll
-    for (int p = 0; p < PB; ++p) rank[p] += x > key[p];
-  }
-  __syncwarp();
-#pragma unroll
-  for (int p = 0; p < PB; ++p)
-    if (lane + 32 * p < n_lo && rank[p] < KW) L[rank[p]] = key[p];
-  __syncwarp();
+  place_by_rank<kStartCap / 32, KW>(B, n_lo, L);
   return true;
 }
 
