@@ -36,4 +36,9 @@ void sae_encode_topk_select_cuda(const at::Tensor& chunk, at::Tensor& run, at::T
                                  at::Tensor& indices, int64_t f0, int64_t k, bool first,
                                  bool last);
 
+// Every feature chunk (fc wide) of one block of rows xs: the product into P, then the selection.
+void sae_encode_topk_chunks_cuda(const at::Tensor& xs, const at::Tensor& W, const at::Tensor& b,
+                                 at::Tensor& P, at::Tensor& run, at::Tensor& values,
+                                 at::Tensor& indices, int64_t k, int64_t fc);
+
 }  // namespace steerkit

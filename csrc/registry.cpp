@@ -21,6 +21,8 @@ TORCH_LIBRARY(steerkit_cuda, m) {
         "Tensor strength) -> ()");
   m.def("sae_encode_topk_select(Tensor chunk, Tensor(a!) run, Tensor(b!) values, "
         "Tensor(c!) indices, int f0, int k, bool first, bool last) -> ()");
+  m.def("sae_encode_topk_chunks(Tensor xs, Tensor W, Tensor b, Tensor(a!) P, Tensor(b!) run, "
+        "Tensor(c!) values, Tensor(d!) indices, int k, int fc) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(steerkit_cuda, CUDA, m) {
@@ -31,6 +33,7 @@ TORCH_LIBRARY_IMPL(steerkit_cuda, CUDA, m) {
   m.impl("patch", &steerkit::patch_cuda);
   m.impl("steer", &steerkit::steer_cuda);
   m.impl("sae_encode_topk_select", &steerkit::sae_encode_topk_select_cuda);
+  m.impl("sae_encode_topk_chunks", &steerkit::sae_encode_topk_chunks_cuda);
 }
 
 // Python module init, named after the build target (`_C` ahead of time, `steerkit_cuda` JIT).

@@ -33,6 +33,8 @@
 //   moves down by the candidates above it, each candidate goes to the list keys above it,
 //   found by binary search, plus the candidates above it), which raises theta, and the scan
 //   resumes where it stopped. Exact for every row; no host sync; nothing allocated (graph safe).
+#include <ATen/ops/addmm.h>
+
 #include "common.cuh"
 #include "ops.h"
 
@@ -44,6 +46,7 @@ constexpr int kVecs = 16;          // 16-byte vectors a lane holds (vector path)
 constexpr int kScalars = 64;       // 16-bit values a lane holds (scalar path)
 constexpr int kCand = 64;          // candidate slots per row
 constexpr int kStartCap = 128;     // keys start_list_capped ranks (its buffer: the candidate slots)
+constexpr int kStage = 8;          // flagged groups a lane stages for append_staged
 constexpr unsigned kFull = 0xFFFFFFFFu;
 constexpr long long kMinKey = -0x7FFFFFFFFFFFFFFFLL - 1;
 
@@ -240,6 +243,68 @@ __device__ __noinline__ int select_group(unsigned a, unsigned b, unsigned c2, un
   return cnt;
 }
 
+// The usual later segment in one pass: theta is not negative (the words are in s-form, so
+// negative values and padding are below u(theta)) and comes from an earlier segment (equal
+// values never win), so a key enters iff u > u(theta). Each lane stages the groups of 8
+// positions whose max beats u(theta) (16-bit SIMD max) in shared memory, then tests only those:
+// the work follows the lane's own few candidates, not the warp's union of flagged groups. Each
+// lane's keys take consecutive slots after a warp scan of the counts. Returns the number of
+// keys in C, or -1 (C's contents then unused) when a lane flags more than kStage groups or the
+// keys would not fit in kCand slots: the caller then runs the rounds, which handle any count.
+template <bool VEC>
+__device__ __forceinline__ int append_staged(const unsigned (&w)[Layout<VEC>::N / 2], unsigned ut, int base,
+                                             long long* C, uint4* S, int* SG) {
+  using L_ = Layout<VEC>;
+  const int lane = lane_id();
+  int ns = 0;  // groups this lane staged
+#pragma unroll
+  for (int g = 0; g < L_::N; g += 8) {
+    const int q = g / 2;
+    const unsigned m = __vmaxu2(__vmaxu2(w[q], w[q + 1]), __vmaxu2(w[q + 2], w[q + 3]));
+    if (max(m & 0xFFFFu, m >> 16) > ut) {
+      if (ns < kStage) {
+        S[ns * 32 + lane] = make_uint4(w[q], w[q + 1], w[q + 2], w[q + 3]);
+        SG[ns * 32 + lane] = g;
+      }
+      ++ns;
+    }
+  }
+  const int most = __reduce_max_sync(kFull, ns);
+  if (most > kStage) return -1;
+  __syncwarp();
+  int cnt = 0;
+#pragma unroll 1
+  for (int j = 0; j < most; ++j) {
+    unsigned bits = 0, x = 0, y = 0, z = 0, v = 0;
+    int g = 0;
+    if (j < ns) {
+      const uint4 q = S[j * 32 + lane];
+      x = q.x, y = q.y, z = q.z, v = q.w;
+      g = SG[j * 32 + lane];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) bits |= static_cast<unsigned>(group_u(x, y, z, v, e) > ut) << e;
+    }
+    const int mine = __popc(bits);
+    int inc = mine;  // inclusive scan of the lanes' counts
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int t = __shfl_up_sync(kFull, inc, o);
+      if (lane >= o) inc += t;
+    }
+    const int total = __shfl_sync(kFull, inc, 31);
+    if (cnt + total > kCand) return -1;
+    int slot = cnt + inc - mine;
+    while (bits) {
+      const int e = __ffs(bits) - 1;
+      bits &= bits - 1;
+      C[slot++] = make_key(group_u(x, y, z, v, e), base + L_::col(g + e, lane));
+    }
+    cnt += total;
+  }
+  __syncwarp();
+  return cnt;
+}
+
 // Places the n unique keys of src (n <= 32 * PB) by rank, largest first: dst[r] = the key that
 // r keys exceed, for r < KW. src may be dst: every key is read before any is written.
 template <int PB, int KW> __device__ void place_by_rank(const long long* src, int n, long long* dst) {
@@ -401,6 +466,8 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
   using L_ = Layout<VEC>;
   __shared__ long long lists[kRowsPerBlock][KW];
   __shared__ long long cands[kRowsPerBlock][FIRST && KW <= 64 ? kStartCap : kCand];
+  __shared__ uint4 stage[kRowsPerBlock][kStage * 32];  // append_staged's groups
+  __shared__ int stage_g[kRowsPerBlock][kStage * 32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp;
   if (r >= rows) return;  // whole warps leave: every shuffle below is warp-uniform
@@ -439,6 +506,24 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
     // buffer is merged (raising theta) and the next round resumes at `stop`. The words stay in
     // s-form while theta is non-negative (u(theta) >= 0x8000), else they turn to u-form.
     to_sform(w);
+    // the usual case in one pass (append_staged; 16-byte rows: the scalar layout's kernels
+    // spilled with it); else the rounds below
+    if (VEC && theta != kMinKey) {
+      const unsigned ut = static_cast<unsigned>(static_cast<int>(theta >> 32) + 32768);
+      const int tcol = static_cast<int>(~static_cast<unsigned>(theta)) - f0 - s0;
+      if (ut >= 0x8000u && tcol <= 0) {
+        const int cnt = append_staged<VEC>(w, ut, f0 + s0, C, stage[warp], stage_g[warp]);
+        if (cnt >= 0) {
+          if (cnt > 0) {
+            fetch_list();
+            merge<KW>(L, C, cnt, lane);
+            dirty = true;
+            theta = L[KW - 1];
+          }
+          continue;
+        }
+      }
+    }
     bool uform = false;
     int start = 0;
 #pragma unroll 1
@@ -571,6 +656,38 @@ void sae_encode_topk_select_cuda(const at::Tensor& chunk, at::Tensor& run, at::T
     default: launch<256>(vec, first, grid, stream, P, sp, rp, vp, sv, ip, si, rows, nf, f, kk, last, half); break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The feature chunks of one block of rows: P's first R * nf entries hold each chunk's product
+// (cuBLAS through addmm, bias in its epilogue), then the selection merges it. The loop runs here,
+// not in Python: at ~100 us per chunk the Python loop's host time matched the GPU's (H100 host),
+// so the GPU waited between chunks.
+void sae_encode_topk_chunks_cuda(const at::Tensor& xs, const at::Tensor& W, const at::Tensor& b,
+                                 at::Tensor& P, at::Tensor& run, at::Tensor& values,
+                                 at::Tensor& indices, int64_t k, int64_t fc) {
+  constexpr const char* op = "steerkit_cuda::sae_encode_topk_chunks";
+  TORCH_CHECK(xs.is_cuda() && xs.dim() == 2 && W.dim() == 2 && b.dim() == 1, op,
+              ": xs [R, d] (CUDA), W [d, F] and b [F] expected, got ", xs.sizes(), ", ", W.sizes(),
+              ", ", b.sizes());
+  const auto st = xs.scalar_type();
+  TORCH_CHECK((st == at::kBFloat16 || st == at::kHalf) && W.scalar_type() == st &&
+                  b.scalar_type() == st && P.scalar_type() == st,
+              op, ": xs, W, b and P must share one 16-bit dtype");
+  TORCH_CHECK(W.device() == xs.device() && b.device() == xs.device() && P.device() == xs.device(),
+              op, ": all tensors must be on ", xs.device());
+  const int64_t R = xs.size(0), F = W.size(1);
+  TORCH_CHECK(W.size(0) == xs.size(1) && b.size(0) == F, op, ": shapes do not match: xs ",
+              xs.sizes(), ", W ", W.sizes(), ", b ", b.sizes());
+  TORCH_CHECK(fc >= 1 && P.dim() == 1 && P.is_contiguous() && P.numel() >= R * std::min(fc, F), op,
+              ": P must be a contiguous 1-D buffer of >= R * min(fc, F) entries, got ", P.sizes(),
+              " for fc = ", fc);
+  if (R == 0 || F == 0) return;
+  for (int64_t f0 = 0; f0 < F; f0 += fc) {
+    const int64_t nf = std::min(fc, F - f0);
+    at::Tensor p = P.narrow(0, 0, R * nf).view({R, nf});
+    at::addmm_out(p, b.narrow(0, f0, nf), xs, W.narrow(1, f0, nf));
+    sae_encode_topk_select_cuda(p, run, values, indices, f0, k, f0 == 0, f0 + nf == F);
+  }
 }
 
 }  // namespace steerkit

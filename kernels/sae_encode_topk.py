@@ -902,14 +902,16 @@ def _chunks(x, W_enc, bias, b_dec, values, indices, P, tc, fc):
 
 
 def _encode_gemm_cuda(x, W_enc, b_enc, b_dec, k, values, indices, tc, fc, kw):
-    """encode_gemm with the CUDA selection: per chunk one cuBLAS product (16-bit, with its bias)
-    and one selection launch; the lists ``run`` are the only other buffer."""
-    select = torch.ops.steerkit_cuda.sae_encode_topk_select
-    F = W_enc.shape[1]
+    """encode_gemm with the CUDA selection: per block of rows one call that runs, in C++, each
+    feature chunk's cuBLAS product (16-bit, with its bias) and selection launch; the lists
+    ``run`` are the only other buffer."""
+    chunks = torch.ops.steerkit_cuda.sae_encode_topk_chunks
+    T = x.shape[0]
     P = torch.empty((tc * fc,), device=x.device, dtype=x.dtype)
     run = torch.empty((tc, kw), device=x.device, dtype=torch.int64)
-    for p, v, i, f0, f1 in _chunks(x, W_enc, b_enc, b_dec, values, indices, P, tc, fc):
-        select(p, run, v, i, f0, k, f0 == 0, f1 == F)
+    for t0 in range(0, T, tc):
+        t1 = min(T, t0 + tc)
+        chunks(_shifted(x[t0:t1], W_enc, b_dec), W_enc, b_enc, P, run, values[t0:t1], indices[t0:t1], k, fc)
 
 
 DEFAULT_PATH = "candidates"  # for SMALL_T < T < GEMM_MIN_T: see the module docstring

@@ -23,7 +23,8 @@ from typing import List, Optional
 import torch
 
 _NAME = "steerkit_cuda"
-_OPS = ("scale", "add", "project_out", "add_gathered", "patch", "steer", "sae_encode_topk_select")
+_OPS = ("scale", "add", "project_out", "add_gathered", "patch", "steer", "sae_encode_topk_select",
+        "sae_encode_topk_chunks")
 _CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 _lock = threading.Lock()
 

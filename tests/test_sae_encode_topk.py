@@ -390,6 +390,48 @@ def test_cuda_select_first_segment(k, scale):
 
 
 @cuda_select
+@pytest.mark.parametrize("k", [16, 64, 100])
+def test_cuda_select_staged_later_chunk(k):
+    """A later chunk's one-pass path (append_staged) and its fallbacks to the rounds, on rows
+    built to hit them: one lane with 8 / 9 / 10 groups above theta (a lane stages 8), 64 / 65
+    keys above theta over the warp (64 candidate slots), values equal to theta (they lose: theta
+    has the lower index), a negative theta, and fresh random rows with more or fewer newcomers;
+    against a stable sort of both chunks."""
+    from steerkit import _cuda_ext
+
+    _cuda_ext.load()
+    R_, NF = 64, 4096
+    P0 = torch.randn(R_, NF, device=DEVICE).bfloat16()
+    P1 = (torch.randn(R_, NF, device=DEVICE) * torch.linspace(0.5, 1.5, R_, device=DEVICE)[:, None]).bfloat16()
+    top = torch.sort(P0.float(), dim=1, descending=True).values
+    kw = max(16, 1 << (k - 1).bit_length())
+    theta = top[:, kw - 1]  # the lists' KW-th value after the first chunk
+    lane0 = torch.arange(16, device=DEVICE) * 256  # lane 0's group j starts at column 256 j
+    for r, groups in [(0, 8), (1, 9), (2, 10)]:
+        P1[r] = -1.0
+        P1[r, lane0[:groups]] = 10.0
+    spread = torch.arange(65, device=DEVICE) * 61  # distinct lanes and groups
+    for r, n in [(3, 64), (4, 65)]:
+        P1[r] = -1.0
+        P1[r, spread[:n]] = 10.0 + torch.arange(n, device=DEVICE).float() / 64
+    P1[5] = theta[5].bfloat16()  # every value ties with theta: none enters
+    P1[5, 7] = 20.0
+    P0[6] = -P0[6].abs()  # a negative theta: the rounds
+    for r in range(7, R_):
+        if r % 3 == 0:
+            P1[r] = P1[r] + 2.0  # many newcomers
+    run = torch.empty(R_, kw, device=DEVICE, dtype=torch.int64)
+    v = torch.empty(R_, k, device=DEVICE, dtype=torch.bfloat16)
+    i = torch.empty(R_, k, device=DEVICE, dtype=torch.int64)
+    select = torch.ops.steerkit_cuda.sae_encode_topk_select
+    select(P0, run, v, i, 0, k, True, False)
+    select(P1, run, v, i, NF, k, False, True)
+    sv, si = torch.sort(torch.cat([P0, P1], dim=1).float(), dim=1, descending=True, stable=True)
+    assert torch.equal(i, si[:, :k])
+    assert torch.equal(v, sv[:, :k].clamp_min(0).bfloat16())
+
+
+@cuda_select
 @pytest.mark.parametrize("ascending", [True, False])
 def test_cuda_select_later_chunks_outrank_earlier(ascending):
     """Biases rising with the feature index: every entry of each later chunk beats the lists,
