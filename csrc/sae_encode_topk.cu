@@ -23,16 +23,23 @@
 //   compacted and the top KW of them taken by rank, ties settled by the key itself. Otherwise,
 //   or when more than 128 values tie (start_list): the KW-th largest u by a full bisection (16
 //   steps), ties at it by a bisection on the column, the selected keys ordered by rank.
-// - Every other segment: a value can only enter the list if u >= u(theta), theta the list's
-//   KW-th key. Each group of 8 positions is flagged when one of its values reaches u(theta), by
-//   a 16-bit SIMD max over its 4 words (in s-form, the sign bit flipped, while theta is not
-//   negative; else in u), one bit a group, OR-ed over the warp. A flagged group's exact test
-//   (key > theta) runs on its 8 positions in each lane, OR-ed over the warp; each position that
-//   passes somewhere is balloted and its winners take consecutive slots in a 64-key candidate
-//   buffer. A full buffer (or the segment's end) is merged into the list by rank (each list key
-//   moves down by the candidates above it, each candidate goes to the list keys above it,
-//   found by binary search, plus the candidates above it), which raises theta, and the scan
-//   resumes where it stopped. Exact for every row; no host sync; nothing allocated (graph safe).
+// - Every other segment, usually (16-byte rows, theta not negative and from an earlier segment,
+//   so a key enters iff u > u(theta)): one pass (append_staged). Each lane flags its groups of 8
+//   positions whose 16-bit SIMD max (words in s-form, the sign bit flipped: negative values sit
+//   below u(theta)) beats u(theta), stages up to kStage of them in shared memory and tests only
+//   those; a warp scan of the lanes' counts gives each key its candidate slot (128 slots, 64 for
+//   KW = 256); then one merge into the list by rank (each list key moves down by the candidates
+//   above it, each candidate goes to the list keys above it, found by binary search, plus the
+//   candidates above it).
+// - Otherwise (a lane with more than kStage flagged groups, more keys than slots, a negative
+//   theta, equal values that may win), in rounds: each group flagged (u >= u(theta)) in some lane
+//   is tested exactly on its 8 positions in each lane, OR-ed over the warp; each position that
+//   passes somewhere is balloted and its winners take consecutive candidate slots. A full buffer
+//   (or the segment's end) is merged, which raises theta, and the scan resumes where it stopped.
+// Exact for every row; no host sync; nothing allocated (graph safe).
+//
+// Host: sae_encode_topk_chunks runs one block of rows' feature chunks (cuBLAS product, then this
+// selection) in a C++ loop.
 #include <ATen/ops/addmm.h>
 
 #include "common.cuh"
@@ -44,7 +51,9 @@ namespace {
 constexpr int kRowsPerBlock = 4;   // one warp per row
 constexpr int kVecs = 16;          // 16-byte vectors a lane holds (vector path)
 constexpr int kScalars = 64;       // 16-bit values a lane holds (scalar path)
-constexpr int kCand = 64;          // candidate slots per row
+// candidate slots per row: 128 (the second chunk brings about 64 newcomers a row to a list of 64,
+// so 64 slots sent half the rows to a second round); 64 for KW = 256, which spilled with 128
+constexpr int cand_slots(int KW) { return KW >= 256 ? 64 : 128; }
 constexpr int kStartCap = 128;     // keys start_list_capped ranks (its buffer: the candidate slots)
 constexpr int kStage = 8;          // flagged groups a lane stages for append_staged
 constexpr unsigned kFull = 0xFFFFFFFFu;
@@ -122,7 +131,7 @@ __device__ __forceinline__ int warp_sum(int v) { return __reduce_add_sync(kFull,
 
 // Merge cand[0 .. cnt) (unique keys, none in the list) into the sorted list L[0 .. KW).
 template <int KW> __device__ void merge(long long* L, const long long* cand, int cnt, int lane) {
-  constexpr int PL = (KW + 31) / 32, PC = kCand / 32;
+  constexpr int PL = (KW + 31) / 32, PC = cand_slots(KW) / 32;
   __syncwarp();
   long long lk[PL], ck[PC];
   int lr[PL], cr[PC];
@@ -191,7 +200,7 @@ __device__ __forceinline__ unsigned group_u(unsigned a, unsigned b, unsigned c, 
 // position order, from positions start .. stop - 1. Returns (cnt, stop), stop lowered to the
 // position where the buffer would overflow. Not inlined, like select_group: one copy of these
 // rare paths keeps the kernel small (unrolled copies stalled on instruction-cache misses).
-template <bool VEC>
+template <bool VEC, int CAND>
 __device__ __noinline__ int2 append_group(unsigned a, unsigned b, unsigned c2, unsigned d, int g, int start,
                                           int stop, int cnt, unsigned ut, int tcol, bool open, bool uform, int n,
                                           int base, long long* C) {
@@ -214,7 +223,7 @@ __device__ __noinline__ int2 append_group(unsigned a, unsigned b, unsigned c2, u
     const int pos = g + e;
     const bool beat = (bits >> e) & 1u;
     const unsigned bal = __ballot_sync(kFull, beat);
-    if (cnt + __popc(bal) > kCand) {  // no room: this position starts the next round
+    if (cnt + __popc(bal) > CAND) {  // no room: this position starts the next round
       stop = pos;
       break;
     }
@@ -250,8 +259,8 @@ __device__ __noinline__ int select_group(unsigned a, unsigned b, unsigned c2, un
 // the work follows the lane's own few candidates, not the warp's union of flagged groups. Each
 // lane's keys take consecutive slots after a warp scan of the counts. Returns the number of
 // keys in C, or -1 (C's contents then unused) when a lane flags more than kStage groups or the
-// keys would not fit in kCand slots: the caller then runs the rounds, which handle any count.
-template <bool VEC>
+// keys would not fit in CAND slots: the caller then runs the rounds, which handle any count.
+template <bool VEC, int CAND>
 __device__ __forceinline__ int append_staged(const unsigned (&w)[Layout<VEC>::N / 2], unsigned ut, int base,
                                              long long* C, uint4* S, int* SG) {
   using L_ = Layout<VEC>;
@@ -292,7 +301,7 @@ __device__ __forceinline__ int append_staged(const unsigned (&w)[Layout<VEC>::N 
       if (lane >= o) inc += t;
     }
     const int total = __shfl_sync(kFull, inc, 31);
-    if (cnt + total > kCand) return -1;
+    if (cnt + total > CAND) return -1;
     int slot = cnt + inc - mine;
     while (bits) {
       const int e = __ffs(bits) - 1;
@@ -465,7 +474,7 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
                    bool last, bool half) {
   using L_ = Layout<VEC>;
   __shared__ long long lists[kRowsPerBlock][KW];
-  __shared__ long long cands[kRowsPerBlock][FIRST && KW <= 64 ? kStartCap : kCand];
+  __shared__ long long cands[kRowsPerBlock][FIRST && KW <= 64 && kStartCap > cand_slots(KW) ? kStartCap : cand_slots(KW)];
   __shared__ uint4 stage[kRowsPerBlock][kStage * 32];  // append_staged's groups
   __shared__ int stage_g[kRowsPerBlock][kStage * 32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -512,7 +521,7 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
       const unsigned ut = static_cast<unsigned>(static_cast<int>(theta >> 32) + 32768);
       const int tcol = static_cast<int>(~static_cast<unsigned>(theta)) - f0 - s0;
       if (ut >= 0x8000u && tcol <= 0) {
-        const int cnt = append_staged<VEC>(w, ut, f0 + s0, C, stage[warp], stage_g[warp]);
+        const int cnt = append_staged<VEC, cand_slots(KW)>(w, ut, f0 + s0, C, stage[warp], stage_g[warp]);
         if (cnt >= 0) {
           if (cnt > 0) {
             fetch_list();
@@ -552,7 +561,7 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
       for (int g = 0; g < L_::N; g += 8) {
         if (!((mask >> (g / 8)) & 1u) || g + 8 <= start || g >= stop) continue;  // uniform
         const int q = g / 2;
-        const int2 r2 = append_group<VEC>(w[q], w[q + 1], w[q + 2], w[q + 3], g, start, stop, cnt, ut, tcol, open,
+        const int2 r2 = append_group<VEC, cand_slots(KW)>(w[q], w[q + 1], w[q + 2], w[q + 3], g, start, stop, cnt, ut, tcol, open,
                                           uform, n, f0 + s0, C);
         cnt = r2.x;
         stop = r2.y;

@@ -390,11 +390,11 @@ def test_cuda_select_first_segment(k, scale):
 
 
 @cuda_select
-@pytest.mark.parametrize("k", [16, 64, 100])
+@pytest.mark.parametrize("k", [16, 64, 100, 200])
 def test_cuda_select_staged_later_chunk(k):
     """A later chunk's one-pass path (append_staged) and its fallbacks to the rounds, on rows
-    built to hit them: one lane with 8 / 9 / 10 groups above theta (a lane stages 8), 64 / 65
-    keys above theta over the warp (64 candidate slots), values equal to theta (they lose: theta
+    built to hit them: one lane with 8 / 9 / 10 groups above theta (a lane stages 8), as many
+    keys above theta over the warp as the candidate slots (128; 64 for KW = 256) and one more, values equal to theta (they lose: theta
     has the lower index), a negative theta, and fresh random rows with more or fewer newcomers;
     against a stable sort of both chunks."""
     from steerkit import _cuda_ext
@@ -410,10 +410,11 @@ def test_cuda_select_staged_later_chunk(k):
     for r, groups in [(0, 8), (1, 9), (2, 10)]:
         P1[r] = -1.0
         P1[r, lane0[:groups]] = 10.0
-    spread = torch.arange(65, device=DEVICE) * 61  # distinct lanes and groups
-    for r, n in [(3, 64), (4, 65)]:
+    slots = 64 if kw == 256 else 128
+    spread = torch.arange(slots + 1, device=DEVICE) * 31  # one a lane and group, <= 5 groups a lane
+    for r, n in [(3, slots), (4, slots + 1)]:
         P1[r] = -1.0
-        P1[r, spread[:n]] = 10.0 + torch.arange(n, device=DEVICE).float() / 64
+        P1[r, spread[:n]] = (10.0 + torch.arange(n, device=DEVICE).float() / 64).bfloat16()
     P1[5] = theta[5].bfloat16()  # every value ties with theta: none enters
     P1[5, 7] = 20.0
     P0[6] = -P0[6].abs()  # a negative theta: the rounds
