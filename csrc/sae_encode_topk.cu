@@ -152,10 +152,12 @@ template <int KW> __device__ void merge(long long* L, const long long* cand, int
 #pragma unroll
     for (int p = 0; p < PL; ++p) lr[p] += x > lk[p];
 #pragma unroll
-    for (int q = 0; q < PC; ++q) cr[q] += x > ck[q];
+    for (int q = 0; q < PC; ++q)
+      if (32 * q < cnt) cr[q] += x > ck[q];  // uniform: slots past cnt skip
   }
 #pragma unroll
   for (int q = 0; q < PC; ++q) {  // list keys above each candidate (binary search)
+    if (32 * q >= cnt) break;  // uniform
     int lo = 0, hi = KW;
     while (lo < hi) {
       const int mid = (lo + hi) >> 1;
@@ -485,14 +487,31 @@ topk_select_kernel(const unsigned short* P, int64_t sp, long long* run, unsigned
   long long* grow = run + r * KW;
   const unsigned short* prow = P + r * sp;
 
+  // Later chunks, KW <= 64: the list is read into registers with the segment, so its latency
+  // overlaps the segment's (nearly every row merges newcomers in every chunk).
+  constexpr int PF = !FIRST && KW <= 64 ? (KW + 31) / 32 : 0;
+  long long pf[PF > 0 ? PF : 1];
+  if constexpr (PF > 0) {
+#pragma unroll
+    for (int p = 0; p < PF; ++p) pf[p] = lane + 32 * p < KW ? grow[lane + 32 * p] : kMinKey;
+  }
   bool have = false, dirty = false;  // L holds the list; L differs from run[r]
   auto fetch_list = [&]() {  // L = run[r], once, when a merge or the output needs it
     if (have) return;
-    for (int i = lane; i < KW; i += 32) L[i] = grow[i];
+    if constexpr (PF > 0) {
+#pragma unroll
+      for (int p = 0; p < PF; ++p)
+        if (lane + 32 * p < KW) L[lane + 32 * p] = pf[p];
+    } else {
+      for (int i = lane; i < KW; i += 32) L[i] = grow[i];
+    }
     __syncwarp();
     have = true;
   };
-  long long theta = FIRST ? kMinKey : grow[KW - 1];  // the list's KW-th key
+  long long theta;  // the list's KW-th key
+  if constexpr (FIRST) theta = kMinKey;
+  else if constexpr (PF > 0) theta = __shfl_sync(kFull, pf[(KW - 1) / 32], (KW - 1) % 32);
+  else theta = grow[KW - 1];
   unsigned w[L_::N / 2];
 #pragma unroll 1
   for (int s0 = 0; s0 < NF; s0 += L_::WIDTH) {
