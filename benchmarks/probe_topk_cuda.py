@@ -35,15 +35,31 @@ def med_us(f, reps=20, warm=3):
     return ts[len(ts) // 2], ts[0], ts[-1]
 
 
+def shape_setup(T, d, F, k, dt):
+    """Random x, W_enc, b_enc (seed 0), the CUDA path's chunk shape (tc, fc), and a function
+    running its chunked cuBLAS products alone (the Python loop of ``_product``)."""
+    import importlib
+
+    KM = importlib.import_module("steerkit.kernels.sae_encode_topk")  # the package exports a function of that name
+    torch.manual_seed(0)
+    W = (torch.randn(d, F, device="cuda") / d ** 0.5).to(dt)
+    b = (torch.randn(F, device="cuda") * 0.1).to(dt)
+    x = torch.randn(T, d, device="cuda", dtype=dt)
+    tc, fc, _ = KM.gemm_config(T, d, F, k, 0, x.device, select="cuda")
+    P = torch.empty(tc * fc, device="cuda", dtype=dt)
+
+    def products():
+        for t0 in range(0, T, tc):
+            for f0 in range(0, F, fc):
+                KM._product(x[t0:t0 + tc], W[:, f0:f0 + fc], b[f0:f0 + fc], P.view(min(tc, T - t0), fc))
+    return x, W, b, tc, fc, products
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    import importlib
-
     from steerkit import _cuda_ext, ops
-
-    KM = importlib.import_module("steerkit.kernels.sae_encode_topk")  # the package exports a function of that name
 
     _cuda_ext.load()
     select = torch.ops.steerkit_cuda.sae_encode_topk_select
@@ -55,17 +71,7 @@ def main(argv=None):
     print(f"# copy rate {copy_tbs:.2f} TB/s ({torch.cuda.get_device_name()})", flush=True)
     for T, d, F in [(4096, 4096, 65536), (16384, 4096, 65536), (4096, 4096, 131072), (4096, 2304, 16384),
                     (16384, 2304, 16384)]:
-        torch.manual_seed(0)
-        W = (torch.randn(d, F, device="cuda") / d ** 0.5).to(dt)
-        b = (torch.randn(F, device="cuda") * 0.1).to(dt)
-        x = torch.randn(T, d, device="cuda", dtype=dt)
-        tc, fc, _ = KM.gemm_config(T, d, F, k, 0, x.device, select="cuda")
-        P = torch.empty(tc * fc, device="cuda", dtype=dt)
-
-        def products():
-            for t0 in range(0, T, tc):
-                for f0 in range(0, F, fc):
-                    KM._product(x[t0:t0 + tc], W[:, f0:f0 + fc], b[f0:f0 + fc], P.view(min(tc, T - t0), fc))
+        x, W, b, tc, fc, products = shape_setup(T, d, F, k, dt)
 
         bare = med_us(lambda: x @ W)
         chunked = med_us(products)

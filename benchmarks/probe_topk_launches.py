@@ -7,10 +7,11 @@ and the last kernel.
 
 Usage: python benchmarks/probe_topk_launches.py
 """
-import importlib, json, sys, os, torch
+import json, sys, os, torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from steerkit import _cuda_ext, ops
-KM = importlib.import_module("steerkit.kernels.sae_encode_topk")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probe_topk_cuda import shape_setup  # noqa: E402
 _cuda_ext.load()
 def ev(f):
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -18,16 +19,7 @@ def ev(f):
 dt, k = torch.bfloat16, 64
 from torch.profiler import ProfilerActivity, profile
 for T, d, F in [(4096, 4096, 65536), (16384, 4096, 65536), (4096, 4096, 131072), (4096, 2304, 16384)]:
-    torch.manual_seed(0)
-    W = (torch.randn(d, F, device="cuda") / d ** 0.5).to(dt)
-    b = (torch.randn(F, device="cuda") * 0.1).to(dt)
-    x = torch.randn(T, d, device="cuda", dtype=dt)
-    tc, fc, _ = KM.gemm_config(T, d, F, k, 0, x.device, select="cuda")
-    P = torch.empty(tc * fc, device="cuda", dtype=dt)
-    def prods():
-        for t0 in range(0, T, tc):
-            for f0 in range(0, F, fc):
-                KM._product(x[t0:t0 + tc], W[:, f0:f0 + fc], b[f0:f0 + fc], P.view(min(tc, T - t0), fc))
+    x, W, b, tc, fc, prods = shape_setup(T, d, F, k, dt)
     fs = dict(bare=lambda: x @ W, prods=prods, path=lambda: ops.sae_encode_topk(x, W, b, k, backend="cuda", validate=False))
     ts = {n: [] for n in fs}
     for n, f in fs.items():
@@ -49,5 +41,5 @@ for T, d, F in [(4096, 4096, 65536), (16384, 4096, 65536), (4096, 4096, 131072),
                ratios=[round(p / q, 3) for p, q in zip(ts["path"], ts["bare"])],
                sel_total=round(sum(sel)), sel_us=sel, busy_us=round(busy), span_us=round(span), idle_us=round(span - busy))
     print(json.dumps(row), flush=True)
-    W = P = None  # free before the next shape
+    W = None  # free before the next shape
     torch.cuda.empty_cache()
