@@ -11,6 +11,8 @@ against the reference first ("MISMATCH" lines).
   random, "same": all 1, "cycle": 1..4 in turn), µs per call.
 - latency: one steered row (T = 1, d = 4096) against simpler work in the same graph chain (a
   torch in-place add, a minimal Triton row kernel, steer_'s kernel) and 1-16 clamps per row.
+small and latency also time the CUDA row kernel (csrc/sae_steer.cu, 256 and 512 threads) when the
+CUDA extension loads ("cuda256" / "cuda512").
 
 Usage: python benchmarks/probe_sae_steer.py [large|small|both|latency]
 """
@@ -46,16 +48,25 @@ def table_for(d, capacity=N_CFG, m=M, seed=None):
     return tab
 
 
+def run_cfg(x, cfg, tens, c):
+    """One launch: kernels/sae_steer.py with launch configuration c, or the CUDA row kernel
+    (c = "cuda256" / "cuda512": its thread count)."""
+    if isinstance(c, str):
+        torch.ops.steerkit_cuda.sae_steer(x, x, cfg, *tens, int(c[4:]))
+    else:
+        KS.sae_steer(x, x, cfg, *tens, cfg=c)
+
+
 def check_and_time(h, cfg, tab, cfgs):
     tens = [t.contiguous() for t in tab.tensors()]
     want = ops.sae_steer(h, cfg, tab, backend="torch").float()
     for c in cfgs:  # every check before any timing (the timed calls change h in place)
         got = h.clone()
-        KS.sae_steer(got, got, cfg, *tens, cfg=c)
+        run_cfg(got, cfg, tens, c)
         err = float((got.float() - want).abs().max() / want.abs().max())
         if err > 3e-2 or not torch.equal(got[cfg == 0], h[cfg == 0]):
             print(f"# MISMATCH cfg={c} T={h.shape[0]} d={h.shape[1]}: {err:.2e}", flush=True)
-    out = {c: GraphTimer(lambda c=c: KS.sae_steer(h, h, cfg, *tens, cfg=c)) for c in cfgs}
+    out = {c: GraphTimer(lambda c=c: run_cfg(h, cfg, tens, c)) for c in cfgs}
     res = {c: [] for c in cfgs}
     for _ in range(5):  # interleaved rounds, medians
         for c, t in out.items():
@@ -96,11 +107,11 @@ def small():
                 cfg = {"bench": torch.randint(0, N_CFG + 1, (T,), generator=g), "same": torch.ones(T),
                        "cycle": torch.arange(T) % N_CFG + 1}[name].to("cuda", torch.int32)
                 h = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
-                cfgs = [None, (1, 8, None, 4, False, "row"), (1, 8, None, 16, False, "row")]
+                cfgs = [None, (1, 8, None, 8, False, "row"), (1, 8, None, 16, False, "row")] + CUDA
                 r = check_and_time(h, cfg, tab, cfgs)
+                label = lambda c: "default" if c is None else c if isinstance(c, str) else f"{c[3]} warps"  # noqa: E731
                 print(f"T={T:2d} d={d} {name:5s} ({int((cfg > 0).sum())} steered): "
-                      + "  ".join(f"{'default' if c is None else f'{c[3]} warps'} {us:.2f}" for c, us in r.items()),
-                      flush=True)
+                      + "  ".join(f"{label(c)} {us:.2f}" for c, us in r.items()), flush=True)
 
 
 @triton.jit
@@ -134,14 +145,28 @@ def latency():
             calls[f"sae_steer row kernel, {m} clamps, {w} warps"] = (
                 lambda tens=tens, w=w, m=m: KS.sae_steer(h, h, one, *tens, cfg=(1, triton.next_power_of_2(m), None,
                                                                                w, False, "row")))
+        for c in CUDA:
+            if m <= 8 or c == "cuda512":
+                calls[f"sae_steer CUDA row kernel, {m} clamps, {c[4:]} thr"] = (
+                    lambda tens=tens, c=c: run_cfg(h, one, tens, c))
     timers = {k: GraphTimer(f) for k, f in calls.items()}
     res = {k: sorted(t.us() for _ in range(5))[2] for k, t in timers.items()}
     for k, us in res.items():
         print(f"  {k:44s} {us:6.2f} us", flush=True)
 
 
+CUDA = []  # "cuda256", "cuda512" once the CUDA extension loads
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "both"
+    try:
+        from steerkit import _cuda_ext
+
+        _cuda_ext.load()
+        CUDA += ["cuda256", "cuda512"]
+    except RuntimeError as e:
+        print(f"# no CUDA extension: {e}", flush=True)
     gbps = copy_bandwidth_gbps("cuda")
     print(f"# probe_sae_steer on {torch.cuda.get_device_name()}: copy {gbps:.0f} GB/s", flush=True)
     if what == "latency":

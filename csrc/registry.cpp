@@ -23,6 +23,8 @@ TORCH_LIBRARY(steerkit_cuda, m) {
         "Tensor(c!) indices, int f0, int k, bool first, bool last) -> ()");
   m.def("sae_encode_topk_chunks(Tensor xs, Tensor W, Tensor b, Tensor(a!) P, Tensor(b!) run, "
         "Tensor(c!) values, Tensor(d!) indices, int k, int fc) -> ()");
+  m.def("sae_steer(Tensor x, Tensor(a!) out, Tensor config, Tensor n_feat, Tensor kind, "
+        "Tensor value, Tensor enc, Tensor b_eff, Tensor thr, Tensor dec, int threads=0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(steerkit_cuda, CUDA, m) {
@@ -34,6 +36,7 @@ TORCH_LIBRARY_IMPL(steerkit_cuda, CUDA, m) {
   m.impl("steer", &steerkit::steer_cuda);
   m.impl("sae_encode_topk_select", &steerkit::sae_encode_topk_select_cuda);
   m.impl("sae_encode_topk_chunks", &steerkit::sae_encode_topk_chunks_cuda);
+  m.impl("sae_steer", &steerkit::sae_steer_cuda);
 }
 
 // Python module init, named after the build target (`_C` ahead of time, `steerkit_cuda` JIT).

@@ -24,7 +24,7 @@ import torch
 
 _NAME = "steerkit_cuda"
 _OPS = ("scale", "add", "project_out", "add_gathered", "patch", "steer", "sae_encode_topk_select",
-        "sae_encode_topk_chunks")
+        "sae_encode_topk_chunks", "sae_steer")
 _CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 _lock = threading.Lock()
 
