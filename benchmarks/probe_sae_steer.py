@@ -11,8 +11,9 @@ against the reference first ("MISMATCH" lines).
   random, "same": all 1, "cycle": 1..4 in turn), µs per call.
 - latency: one steered row (T = 1, d = 4096) against simpler work in the same graph chain (a
   torch in-place add, a minimal Triton row kernel, steer_'s kernel) and 1-16 clamps per row.
-small and latency also time the CUDA row kernel (csrc/sae_steer.cu, 256 and 512 threads) when the
-CUDA extension loads ("cuda256" / "cuda512").
+small and latency also time the CUDA row kernels (csrc/sae_steer.cu) when the CUDA extension
+loads: "cuda1" (registers, slots rounded up to a power of two), "cuda2" (registers, 8 slots held),
+"cuda3" (rows staged in shared memory).
 
 Usage: python benchmarks/probe_sae_steer.py [large|small|both|latency]
 """
@@ -50,7 +51,7 @@ def table_for(d, capacity=N_CFG, m=M, seed=None):
 
 def run_cfg(x, cfg, tens, c):
     """One launch: kernels/sae_steer.py with launch configuration c, or the CUDA row kernel
-    (c = "cuda256" / "cuda512": its thread count)."""
+    (c = "cuda1" .. "cuda3": its variant)."""
     if isinstance(c, str):
         torch.ops.steerkit_cuda.sae_steer(x, x, cfg, *tens, int(c[4:]))
     else:
@@ -146,8 +147,8 @@ def latency():
                 lambda tens=tens, w=w, m=m: KS.sae_steer(h, h, one, *tens, cfg=(1, triton.next_power_of_2(m), None,
                                                                                w, False, "row")))
         for c in CUDA:
-            if m <= 8 or c == "cuda512":
-                calls[f"sae_steer CUDA row kernel, {m} clamps, {c[4:]} thr"] = (
+            if m <= 8 or c == "cuda1":
+                calls[f"sae_steer CUDA row kernel, {m} clamps, variant {c[4:]}"] = (
                     lambda tens=tens, c=c: run_cfg(h, one, tens, c))
     timers = {k: GraphTimer(f) for k, f in calls.items()}
     res = {k: sorted(t.us() for _ in range(5))[2] for k, t in timers.items()}
@@ -155,7 +156,7 @@ def latency():
         print(f"  {k:44s} {us:6.2f} us", flush=True)
 
 
-CUDA = []  # "cuda256", "cuda512" once the CUDA extension loads
+CUDA = []  # "cuda1" .. "cuda3" once the CUDA extension loads
 
 
 if __name__ == "__main__":
@@ -164,7 +165,7 @@ if __name__ == "__main__":
         from steerkit import _cuda_ext
 
         _cuda_ext.load()
-        CUDA += ["cuda256", "cuda512"]
+        CUDA += ["cuda1", "cuda2", "cuda3"]
     except RuntimeError as e:
         print(f"# no CUDA extension: {e}", flush=True)
     gbps = copy_bandwidth_gbps("cuda")

@@ -46,6 +46,6 @@ void sae_encode_topk_chunks_cuda(const at::Tensor& xs, const at::Tensor& W, cons
 void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& config,
                     const at::Tensor& n_feat, const at::Tensor& kind, const at::Tensor& value,
                     const at::Tensor& enc, const at::Tensor& b_eff, const at::Tensor& thr,
-                    const at::Tensor& dec, int64_t threads);
+                    const at::Tensor& dec, int64_t variant);
 
 }  // namespace steerkit

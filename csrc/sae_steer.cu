@@ -130,6 +130,116 @@ __global__ void __launch_bounds__(THREADS)
   }
 }
 
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// The same result staged through shared memory: every thread issues its 16-byte async copies of
+// x, the M encoder rows (one commit group) and the M decoder rows (a second group) in short
+// loops, then reads them from shared memory. Small code, no registers held for loads in flight.
+template <typename T, int MP, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+    sae_steer_smem_kernel(const T* x, T* out, int64_t sx, int64_t so, const int32_t* config,
+                          const int32_t* n_feat, const int32_t* kind, const float* value,
+                          const T* enc, const float* b_eff, const float* thr, const T* dec,
+                          int64_t N, int M, int64_t d, bool inplace) {
+  constexpr int VEC = 8;
+  constexpr int WARPS = THREADS / 32;
+  extern __shared__ uint4 stage[];  // x [W], enc [M, W], dec [M, W] (W = d / 8 words)
+  __shared__ float red[WARPS][MP];
+  const int64_t row = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int W = static_cast<int>(d / VEC);
+  const uint4* xr = reinterpret_cast<const uint4*>(x + row * sx);
+  uint4* orow = reinterpret_cast<uint4*>(out + row * so);
+  const int64_t c = config[row];
+  if (c <= 0 || c >= N) {
+    if (!inplace)
+      for (int k = tid; k < W; k += THREADS) orow[k] = xr[k];
+    return;
+  }
+  const uint4* ge = reinterpret_cast<const uint4*>(enc + c * M * d);  // M rows, contiguous
+  const uint4* gd = reinterpret_cast<const uint4*>(dec + c * M * d);
+  uint4* sxw = stage;
+  uint4* se = stage + W;
+  uint4* sd = se + M * W;
+  for (int k = tid; k < W; k += THREADS) cp_async16(sxw + k, xr + k);
+  for (int k = tid; k < M * W; k += THREADS) cp_async16(se + k, ge + k);
+  cp_async_commit();
+  for (int k = tid; k < M * W; k += THREADS) cp_async16(sd + k, gd + k);
+  cp_async_commit();
+  float b = 0.f, th = 0.f, val = 0.f;
+  int kd = 0, nf = 0;
+  if (lane < M && lane < MP) {
+    b = b_eff[c * M + lane];
+    th = thr[c * M + lane];
+    val = value[c * M + lane];
+    kd = kind[c * M + lane];
+    nf = n_feat[c];
+  }
+  cp_async_wait<1>();
+  __syncthreads();
+  float acc[MP];
+#pragma unroll
+  for (int s = 0; s < MP; ++s) acc[s] = 0.f;
+  for (int k = tid; k < W; k += THREADS) {
+    float xf[VEC];
+    unpack_raw<T, VEC>(sxw[k], xf);
+#pragma unroll
+    for (int s = 0; s < MP; ++s) {
+      if (s < M) {
+        float ef[VEC];
+        unpack_raw<T, VEC>(se[s * W + k], ef);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[s] = fmaf(xf[e], ef[e], acc[s]);
+      }
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < MP; ++s) {
+    float v = acc[s];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) red[warp][s] = v;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  float cf = 0.f;
+  if (lane < MP) {
+    float pre = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) pre += red[w][lane];
+    pre += b;
+    const bool active = pre > th;
+    const bool clamp = (kd & kKindClamp) != 0;
+    const bool skip = clamp && (kd & kKindOnlyActive) != 0 && !active;
+    const float v = clamp ? (skip ? 0.f : val - (active ? pre : 0.f)) : val;
+    cf = (lane < M && lane < nf && kd != 0) ? v : 0.f;
+  }
+  float coef[MP];
+#pragma unroll
+  for (int s = 0; s < MP; ++s) coef[s] = __shfl_sync(0xffffffffu, cf, s);
+  for (int k = tid; k < W; k += THREADS) {
+    float y[VEC];
+    unpack_raw<T, VEC>(sxw[k], y);
+#pragma unroll
+    for (int s = 0; s < MP; ++s) {
+      if (s < M) {
+        float wf[VEC];
+        unpack_raw<T, VEC>(sd[s * W + k], wf);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) y[e] = fmaf(coef[s], wf[e], y[e]);
+      }
+    }
+    store_chunk<T, VEC>(reinterpret_cast<T*>(orow + k), y);
+  }
+}
+
 void check_table(const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
                  c10::IntArrayRef shape, const char* name) {
   constexpr const char* op = "steerkit_cuda::sae_steer";
@@ -146,7 +256,7 @@ void check_table(const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
 void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& config,
                     const at::Tensor& n_feat, const at::Tensor& kind, const at::Tensor& value,
                     const at::Tensor& enc, const at::Tensor& b_eff, const at::Tensor& thr,
-                    const at::Tensor& dec, int64_t threads) {
+                    const at::Tensor& dec, int64_t variant) {
   constexpr const char* op = "steerkit_cuda::sae_steer";
   check_rows(x, out, op);
   TORCH_CHECK(x.scalar_type() != at::kFloat, op, ": x must be float16 or bfloat16 (16-bit rows)");
@@ -167,21 +277,25 @@ void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& conf
   TORCH_CHECK(d % 8 == 0 && vec_ok(x, 8) && vec_ok(out, 8) && aligned16(enc.data_ptr()) &&
                   aligned16(dec.data_ptr()),
               op, ": needs 16-byte aligned rows (d a multiple of 8, aligned pointers and row strides)");
-  // 256 threads with two words each, or 512 with one (the only choice for 16 slots)
-  if (threads == 0) threads = M > 8 ? 512 : 256;
-  TORCH_CHECK(threads == 256 || threads == 512, op, ": threads must be 0 (default), 256 or 512, got ",
-              threads);
-  TORCH_CHECK(M <= 8 || threads == 512, op, ": more than 8 slots need threads = 512");
+  // variant (probing): 0 default; 1 registers, MP = M rounded up; 2 registers, MP = 8 / 16;
+  // 3 shared-memory staging, MP = M rounded up
+  TORCH_CHECK(variant >= 0 && variant <= 3, op, ": variant must be 0..3, got ", variant);
+  if (variant == 0) variant = 1;
   TORCH_CHECK(T <= 0x7fffffffLL, op, ": too many rows for one launch");
   if (T == 0 || d == 0) return;
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool inplace = same_rows(x, out);
+  const size_t stage_bytes = static_cast<size_t>(2 * M + 1) * d * 2;
   dispatch_dtype(x.scalar_type(), op, [&](auto t) {
     using T_ = decltype(t);
     if constexpr (!std::is_same<T_, float>::value) {
-      auto run = [&](auto kernel, int nthreads) {
-        kernel<<<static_cast<unsigned int>(T), nthreads, 0, stream>>>(
+      auto run = [&](auto kernel, int nthreads, size_t smem) {
+        if (smem > 48 * 1024) {
+          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(smem)));
+        }
+        kernel<<<static_cast<unsigned int>(T), nthreads, smem, stream>>>(
             static_cast<const T_*>(x.data_ptr()), static_cast<T_*>(out.data_ptr()), x.stride(0),
             out.stride(0), config.data_ptr<int32_t>(), n_feat.data_ptr<int32_t>(),
             kind.data_ptr<int32_t>(), value.data_ptr<float>(), static_cast<const T_*>(enc.data_ptr()),
@@ -189,14 +303,26 @@ void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& conf
             static_cast<int>(M), d, inplace);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
-      if (threads == 512) {
-        if (M <= 8) run(sae_steer_row_kernel<T_, 8, 1, 512>, 512);
-        else run(sae_steer_row_kernel<T_, 16, 1, 512>, 512);
-      } else if (d <= 2048) {
-        run(sae_steer_row_kernel<T_, 8, 1, 256>, 256);
-      } else {
-        run(sae_steer_row_kernel<T_, 8, 2, 256>, 256);
+      if (variant == 3) {
+        TORCH_CHECK(stage_bytes <= 227 * 1024, op, ": the staged kernel holds at most 227 KB of rows");
+        if (M <= 1) run(sae_steer_smem_kernel<T_, 1, 256>, 256, stage_bytes);
+        else if (M <= 2) run(sae_steer_smem_kernel<T_, 2, 256>, 256, stage_bytes);
+        else if (M <= 4) run(sae_steer_smem_kernel<T_, 4, 256>, 256, stage_bytes);
+        else if (M <= 8) run(sae_steer_smem_kernel<T_, 8, 256>, 256, stage_bytes);
+        else run(sae_steer_smem_kernel<T_, 16, 256>, 256, stage_bytes);
+        return;
       }
+      const int mp = variant == 2 ? (M <= 8 ? 8 : 16) : (M <= 1 ? 1 : M <= 2 ? 2 : M <= 4 ? 4 : M <= 8 ? 8 : 16);
+      if (mp == 16) { run(sae_steer_row_kernel<T_, 16, 1, 512>, 512, 0); return; }
+      auto with_ch = [&](auto mp_tag) {
+        constexpr int MP = decltype(mp_tag)::value;
+        if (d <= 2048) run(sae_steer_row_kernel<T_, MP, 1, 256>, 256, 0);
+        else run(sae_steer_row_kernel<T_, MP, 2, 256>, 256, 0);
+      };
+      if (mp == 1) with_ch(std::integral_constant<int, 1>{});
+      else if (mp == 2) with_ch(std::integral_constant<int, 2>{});
+      else if (mp == 4) with_ch(std::integral_constant<int, 4>{});
+      else with_ch(std::integral_constant<int, 8>{});
     }
   });
 }
