@@ -130,6 +130,115 @@ __global__ void __launch_bounds__(THREADS)
   }
 }
 
+// The register kernel specialised to the row width D and the slot count M of the table: every
+// address is a base plus a constant offset and no load is predicated (ptxas spends its
+// instructions on the unpacking and the FMAs: at decode sizes the row is issue-bound on one SM).
+// THREADS * CH words cover the row; a partial last word-round (D = 2304 at 256 threads) is
+// warp-uniform.
+template <typename T, int M, int D, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+    sae_steer_fixed_kernel(const T* x, T* out, int64_t sx, int64_t so, const int32_t* config,
+                           const int32_t* n_feat, const int32_t* kind, const float* value,
+                           const T* enc, const float* b_eff, const float* thr, const T* dec,
+                           int64_t N, bool inplace) {
+  constexpr int VEC = 8, W = D / VEC, CH = (W + THREADS - 1) / THREADS, WARPS = THREADS / 32;
+  static_assert(D % (32 * VEC) == 0, "rows of whole warps of 16-byte words");
+  __shared__ float red[WARPS][M];
+  const int64_t row = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const uint4* xr = reinterpret_cast<const uint4*>(x + row * sx) + tid;
+  uint4* orow = reinterpret_cast<uint4*>(out + row * so) + tid;
+  const int64_t c = config[row];
+  if (c <= 0 || c >= N) {
+    if (!inplace) {
+#pragma unroll
+      for (int i = 0; i < CH; ++i)
+        if (i * THREADS + tid < W) orow[i * THREADS] = xr[i * THREADS];
+    }
+    return;
+  }
+  const uint4* er = reinterpret_cast<const uint4*>(enc + c * (M * D)) + tid;
+  const uint4* dr = reinterpret_cast<const uint4*>(dec + c * (M * D)) + tid;
+  uint4 xv[CH], ev[CH][M], dv[CH][M];
+#pragma unroll
+  for (int i = 0; i < CH; ++i) {
+    if (W % THREADS == 0 || i * THREADS + tid < W) {  // warp-uniform
+      xv[i] = xr[i * THREADS];
+#pragma unroll
+      for (int s = 0; s < M; ++s) {
+        ev[i][s] = __ldg(er + s * W + i * THREADS);
+        dv[i][s] = __ldg(dr + s * W + i * THREADS);
+      }
+    } else {
+      xv[i] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int s = 0; s < M; ++s) ev[i][s] = dv[i][s] = make_uint4(0, 0, 0, 0);
+    }
+  }
+  float b = 0.f, th = 0.f, val = 0.f;
+  int kd = 0, nf = 0;
+  if (lane < M) {
+    b = b_eff[c * M + lane];
+    th = thr[c * M + lane];
+    val = value[c * M + lane];
+    kd = kind[c * M + lane];
+    nf = n_feat[c];
+  }
+  float acc[M];
+#pragma unroll
+  for (int s = 0; s < M; ++s) acc[s] = 0.f;
+#pragma unroll
+  for (int i = 0; i < CH; ++i) {
+    float xf[VEC];
+    unpack_raw<T, VEC>(xv[i], xf);
+#pragma unroll
+    for (int s = 0; s < M; ++s) {
+      float ef[VEC];
+      unpack_raw<T, VEC>(ev[i][s], ef);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[s] = fmaf(xf[e], ef[e], acc[s]);
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < M; ++s) {
+    float v = acc[s];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) red[warp][s] = v;
+  }
+  __syncthreads();
+  float cf = 0.f;
+  if (lane < M) {
+    float pre = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) pre += red[w][lane];
+    pre += b;
+    const bool active = pre > th;
+    const bool clamp = (kd & kKindClamp) != 0;
+    const bool skip = clamp && (kd & kKindOnlyActive) != 0 && !active;
+    const float v = clamp ? (skip ? 0.f : val - (active ? pre : 0.f)) : val;
+    cf = (lane < nf && kd != 0) ? v : 0.f;
+  }
+  float coef[M];
+#pragma unroll
+  for (int s = 0; s < M; ++s) coef[s] = __shfl_sync(0xffffffffu, cf, s);
+#pragma unroll
+  for (int i = 0; i < CH; ++i) {
+    if (W % THREADS == 0 || i * THREADS + tid < W) {
+      float y[VEC];
+      unpack_raw<T, VEC>(xv[i], y);
+#pragma unroll
+      for (int s = 0; s < M; ++s) {
+        float wf[VEC];
+        unpack_raw<T, VEC>(dv[i][s], wf);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) y[e] = fmaf(coef[s], wf[e], y[e]);
+      }
+      store_chunk<T, VEC>(reinterpret_cast<T*>(orow + i * THREADS), y);
+    }
+  }
+}
+
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
@@ -279,7 +388,10 @@ void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& conf
               op, ": needs 16-byte aligned rows (d a multiple of 8, aligned pointers and row strides)");
   // variant (probing): 0 default; 1 registers, MP = M rounded up; 2 registers, MP = 8 / 16;
   // 3 shared-memory staging, MP = M rounded up
-  TORCH_CHECK(variant >= 0 && variant <= 3, op, ": variant must be 0..3, got ", variant);
+  // 4: specialised to D in {2304, 4096} and M in {1, 2, 4, 8}, one word per thread; 5: the
+  // same at 256 threads
+  TORCH_CHECK(variant >= 0 && variant <= 5, op, ": variant must be 0..5, got ", variant);
+  if (variant >= 4 && !((d == 2304 || d == 4096) && (M == 1 || M == 2 || M == 4 || M == 8))) variant = 1;
   if (variant == 0) variant = 1;
   TORCH_CHECK(T <= 0x7fffffffLL, op, ": too many rows for one launch");
   if (T == 0 || d == 0) return;
@@ -303,6 +415,32 @@ void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& conf
             static_cast<int>(M), d, inplace);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
+      if (variant >= 4) {
+        auto fixed = [&](auto m_tag, auto d_tag) {
+          constexpr int MM = decltype(m_tag)::value, DD = decltype(d_tag)::value;
+          constexpr int TH = DD / 8;  // one word per thread
+          auto launch = [&](auto kernel, int nthreads) {
+            kernel<<<static_cast<unsigned int>(T), nthreads, 0, stream>>>(
+                static_cast<const T_*>(x.data_ptr()), static_cast<T_*>(out.data_ptr()), x.stride(0),
+                out.stride(0), config.data_ptr<int32_t>(), n_feat.data_ptr<int32_t>(),
+                kind.data_ptr<int32_t>(), value.data_ptr<float>(),
+                static_cast<const T_*>(enc.data_ptr()), b_eff.data_ptr<float>(), thr.data_ptr<float>(),
+                static_cast<const T_*>(dec.data_ptr()), N, inplace);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          };
+          if (variant == 4) launch(sae_steer_fixed_kernel<T_, MM, DD, TH>, TH);
+          else launch(sae_steer_fixed_kernel<T_, MM, DD, 256>, 256);
+        };
+        auto with_d = [&](auto m_tag) {
+          if (d == 4096) fixed(m_tag, std::integral_constant<int, 4096>{});
+          else fixed(m_tag, std::integral_constant<int, 2304>{});
+        };
+        if (M == 1) with_d(std::integral_constant<int, 1>{});
+        else if (M == 2) with_d(std::integral_constant<int, 2>{});
+        else if (M == 4) with_d(std::integral_constant<int, 4>{});
+        else with_d(std::integral_constant<int, 8>{});
+        return;
+      }
       if (variant == 3) {
         TORCH_CHECK(stage_bytes <= 227 * 1024, op, ": the staged kernel holds at most 227 KB of rows");
         if (M <= 1) run(sae_steer_smem_kernel<T_, 1, 256>, 256, stage_bytes);
