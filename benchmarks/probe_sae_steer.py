@@ -14,7 +14,7 @@ against the reference first ("MISMATCH" lines).
 small and latency also time the CUDA row kernels (csrc/sae_steer.cu) when the CUDA extension
 loads: "cuda1" (registers, slots rounded up to a power of two), "cuda2" (registers, 8 slots held),
 "cuda3" (rows staged in shared memory), "cuda4" / "cuda5" (specialised to d and M; one word per
-thread / 256 threads).
+thread / 256 threads), "cuda6" / "cuda7" (5 / 4 prefetching the decoder rows into L1 first).
 
 Usage: python benchmarks/probe_sae_steer.py [large|small|both|latency]
 """
@@ -52,7 +52,7 @@ def table_for(d, capacity=N_CFG, m=M, seed=None):
 
 def run_cfg(x, cfg, tens, c):
     """One launch: kernels/sae_steer.py with launch configuration c, or the CUDA row kernel
-    (c = "cuda1" .. "cuda5": its variant)."""
+    (c = "cuda1" .. "cuda7": its variant)."""
     if isinstance(c, str):
         torch.ops.steerkit_cuda.sae_steer(x, x, cfg, *tens, int(c[4:]))
     else:
@@ -157,7 +157,7 @@ def latency():
         print(f"  {k:44s} {us:6.2f} us", flush=True)
 
 
-CUDA = []  # "cuda1" .. "cuda5" once the CUDA extension loads
+CUDA = []  # "cuda1" .. "cuda7" once the CUDA extension loads
 
 
 if __name__ == "__main__":
@@ -166,7 +166,7 @@ if __name__ == "__main__":
         from steerkit import _cuda_ext
 
         _cuda_ext.load()
-        CUDA += ["cuda1", "cuda2", "cuda3", "cuda4", "cuda5"]
+        CUDA += ["cuda1", "cuda4", "cuda5", "cuda6", "cuda7"]
     except RuntimeError as e:
         print(f"# no CUDA extension: {e}", flush=True)
     gbps = copy_bandwidth_gbps("cuda")

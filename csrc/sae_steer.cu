@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(THREADS)
 // instructions on the unpacking and the FMAs: at decode sizes the row is issue-bound on one SM).
 // THREADS * CH words cover the row; a partial last word-round (D = 2304 at 256 threads) is
 // warp-uniform.
-template <typename T, int M, int D, int THREADS>
+template <typename T, int M, int D, int THREADS, bool WAIT>
 __global__ void __launch_bounds__(THREADS)
     sae_steer_fixed_kernel(const T* x, T* out, int64_t sx, int64_t so, const int32_t* config,
                            const int32_t* n_feat, const int32_t* kind, const float* value,
@@ -159,6 +159,21 @@ __global__ void __launch_bounds__(THREADS)
   }
   const uint4* er = reinterpret_cast<const uint4*>(enc + c * (M * D)) + tid;
   const uint4* dr = reinterpret_cast<const uint4*>(dec + c * (M * D)) + tid;
+  if constexpr (WAIT) {  // decoder rows and slot metadata into L1 now: ptxas issues their loads
+                        // during the dot (after the first encoder words arrive), a round trip later
+#pragma unroll
+    for (int i = 0; i < CH; ++i)
+      if (W % THREADS == 0 || i * THREADS + tid < W)
+#pragma unroll
+        for (int s = 0; s < M; ++s)
+          asm volatile("prefetch.global.L1 [%0];" ::"l"(dr + s * W + i * THREADS));
+    if (lane < M) {
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(b_eff + c * M + lane));
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(thr + c * M + lane));
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(value + c * M + lane));
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(kind + c * M + lane));
+    }
+  }
   uint4 xv[CH], ev[CH][M], dv[CH][M];
 #pragma unroll
   for (int i = 0; i < CH; ++i) {
@@ -389,8 +404,8 @@ void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& conf
   // variant (probing): 0 default; 1 registers, MP = M rounded up; 2 registers, MP = 8 / 16;
   // 3 shared-memory staging, MP = M rounded up
   // 4: specialised to D in {2304, 4096} and M in {1, 2, 4, 8}, one word per thread; 5: the
-  // same at 256 threads
-  TORCH_CHECK(variant >= 0 && variant <= 5, op, ": variant must be 0..5, got ", variant);
+  // same at 256 threads; 6 / 7: 5 / 4 prefetching the decoder rows into L1 first
+  TORCH_CHECK(variant >= 0 && variant <= 7, op, ": variant must be 0..7, got ", variant);
   if (variant >= 4 && !((d == 2304 || d == 4096) && (M == 1 || M == 2 || M == 4 || M == 8))) variant = 1;
   if (variant == 0) variant = 1;
   TORCH_CHECK(T <= 0x7fffffffLL, op, ": too many rows for one launch");
@@ -428,8 +443,10 @@ void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& conf
                 static_cast<const T_*>(dec.data_ptr()), N, inplace);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           };
-          if (variant == 4) launch(sae_steer_fixed_kernel<T_, MM, DD, TH>, TH);
-          else launch(sae_steer_fixed_kernel<T_, MM, DD, 256>, 256);
+          if (variant == 4) launch(sae_steer_fixed_kernel<T_, MM, DD, TH, false>, TH);
+          else if (variant == 5) launch(sae_steer_fixed_kernel<T_, MM, DD, 256, false>, 256);
+          else if (variant == 6) launch(sae_steer_fixed_kernel<T_, MM, DD, 256, true>, 256);
+          else launch(sae_steer_fixed_kernel<T_, MM, DD, TH, true>, TH);
         };
         auto with_d = [&](auto m_tag) {
           if (d == 4096) fixed(m_tag, std::integral_constant<int, 4096>{});
