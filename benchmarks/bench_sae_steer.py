@@ -4,7 +4,8 @@ Each of 4 configurations clamps 8 features of a JumpReLU-shaped SAE. Rows draw c
 0..4 at random (T > 64; variant "clamp8x4cfg") or 1..4 (T <= 64: every row steered, as a decode
 step of steered requests). From T = 4096 also the layout of a packed prefill, each request's rows
 together (1024-row requests with ids 0, 1, 2, ...; variant "clamp8x4cfg-requests1024").
-Small T: CUDA-graph replay µs per site (target <= 3 µs for T <= 16). Larger T:
+Small T: CUDA-graph replay µs per site (target <= 3 µs for T <= 16); with the CUDA extension
+loaded also backend "cuda" (csrc/sae_steer.cu's row kernel, the default at T <= 16). Larger T:
 % of the floor = read + write of h plus, once, the encoder and decoder rows of the configurations
 (2 * 4 * 8 * d elements), at the measured copy bandwidth (target >= 70%). Also reported: the
 no-reuse floor that reads the 16 selected rows per token (``pct_floor_noreuse``).
@@ -24,10 +25,22 @@ sys.path.insert(0, __import__("os").path.dirname(__file__))
 from sae_common import DTYPES, Run, parser, times  # noqa: E402
 
 from steerkit import ops  # noqa: E402
+from steerkit.ops.sae_steer import _cuda_refusal  # noqa: E402
 from steerkit.steering.sae_table import SaeSteeringTable  # noqa: E402
 
 
+CUDA = False  # the CUDA extension loaded (its row kernel is the default at T <= 16)
+
+
 def main(argv=None):
+    global CUDA
+    try:
+        from steerkit import _cuda_ext
+
+        _cuda_ext.load()
+        CUDA = True
+    except RuntimeError as e:
+        print(f"# no CUDA extension: {e}", flush=True)
     p = parser(__doc__, "1,4,16,64,4096,16384")
     p.set_defaults(F=[16384])
     p.add_argument("--sweep", action="store_true", help="also time kernels/sae_steer.py SWEEP / SWEEP_SMALL")
@@ -53,8 +66,14 @@ def main(argv=None):
                 cfg = torch.randint(0 if T > 64 else 1, n_cfg + 1, (T,), device="cuda", dtype=torch.int32)
                 if layout:
                     cfg = (torch.arange(T, device="cuda", dtype=torch.int32) // 1024) % (n_cfg + 1)
+                backends = ("triton", "torch") + (("cuda",) if CUDA and _cuda_refusal(h, table) is None else ())
                 calls = {b: (lambda b=b: ops.sae_steer_(h, cfg, table, backend=b, validate=False))
-                         for b in ("triton", "torch")}
+                         for b in backends}
+                for b in backends[2:]:  # the CUDA row kernel's result, checked like the sweep's below
+                    got = ops.sae_steer(h, cfg, table, backend=b)
+                    err = float((got.float() - ops.sae_steer(h, cfg, table, backend="torch").float()).abs().max())
+                    if err > 3e-2 * float(h.float().abs().max()) or not torch.equal(got[cfg == 0], h[cfg == 0]):
+                        print(f"# MISMATCH backend={b} T={T}{layout} d={d}: max abs. error {err:.2e}", flush=True)
                 want = ops.sae_steer(h, cfg, table, backend="torch").float()
                 KS = importlib.import_module("steerkit.kernels.sae_steer")
 

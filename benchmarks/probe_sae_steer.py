@@ -11,10 +11,9 @@ against the reference first ("MISMATCH" lines).
   random, "same": all 1, "cycle": 1..4 in turn), µs per call.
 - latency: one steered row (T = 1, d = 4096) against simpler work in the same graph chain (a
   torch in-place add, a minimal Triton row kernel, steer_'s kernel) and 1-16 clamps per row.
-small and latency also time the CUDA row kernels (csrc/sae_steer.cu) when the CUDA extension
-loads: "cuda1" (registers, slots rounded up to a power of two), "cuda2" (registers, 8 slots held),
-"cuda3" (rows staged in shared memory), "cuda4" / "cuda5" (specialised to d and M; one word per
-thread / 256 threads), "cuda6" / "cuda7" (5 / 4 prefetching the decoder rows into L1 first).
+small and latency also time the CUDA row kernel (csrc/sae_steer.cu, "cuda") when the CUDA
+extension loads. (probe-sae-steer-cuda-*-h100.txt are runs of earlier versions of this probe with
+the kernel variants it then had, named there.)
 
 Usage: python benchmarks/probe_sae_steer.py [large|small|both|latency]
 """
@@ -52,9 +51,9 @@ def table_for(d, capacity=N_CFG, m=M, seed=None):
 
 def run_cfg(x, cfg, tens, c):
     """One launch: kernels/sae_steer.py with launch configuration c, or the CUDA row kernel
-    (c = "cuda1" .. "cuda7": its variant)."""
-    if isinstance(c, str):
-        torch.ops.steerkit_cuda.sae_steer(x, x, cfg, *tens, int(c[4:]))
+    (c = "cuda")."""
+    if c == "cuda":
+        torch.ops.steerkit_cuda.sae_steer(x, x, cfg, *tens)
     else:
         KS.sae_steer(x, x, cfg, *tens, cfg=c)
 
@@ -148,8 +147,8 @@ def latency():
                 lambda tens=tens, w=w, m=m: KS.sae_steer(h, h, one, *tens, cfg=(1, triton.next_power_of_2(m), None,
                                                                                w, False, "row")))
         for c in CUDA:
-            if m <= 8 or c == "cuda1":
-                calls[f"sae_steer CUDA row kernel, {m} clamps, variant {c[4:]}"] = (
+            if m <= 8:
+                calls[f"sae_steer CUDA row kernel, {m} clamps"] = (
                     lambda tens=tens, c=c: run_cfg(h, one, tens, c))
     timers = {k: GraphTimer(f) for k, f in calls.items()}
     res = {k: sorted(t.us() for _ in range(5))[2] for k, t in timers.items()}
@@ -157,7 +156,7 @@ def latency():
         print(f"  {k:44s} {us:6.2f} us", flush=True)
 
 
-CUDA = []  # "cuda1" .. "cuda7" once the CUDA extension loads
+CUDA = []  # ["cuda"] once the CUDA extension loads
 
 
 if __name__ == "__main__":
@@ -166,7 +165,7 @@ if __name__ == "__main__":
         from steerkit import _cuda_ext
 
         _cuda_ext.load()
-        CUDA += ["cuda1", "cuda4", "cuda5", "cuda6", "cuda7"]
+        CUDA.append("cuda")
     except RuntimeError as e:
         print(f"# no CUDA extension: {e}", flush=True)
     gbps = copy_bandwidth_gbps("cuda")

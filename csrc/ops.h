@@ -41,11 +41,10 @@ void sae_encode_topk_chunks_cuda(const at::Tensor& xs, const at::Tensor& W, cons
                                  at::Tensor& P, at::Tensor& run, at::Tensor& values,
                                  at::Tensor& indices, int64_t k, int64_t fc);
 
-// Decode-sized batches: one CTA per row (16-bit rows, d <= 4096, M <= 16 slots, 16-byte aligned);
-// threads 0 picks 256 (M <= 8) or 512.
+// Decode-sized batches: one CTA per row (16-bit rows of d = 2304 or 4096, 1 to 8 slots).
 void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& config,
                     const at::Tensor& n_feat, const at::Tensor& kind, const at::Tensor& value,
                     const at::Tensor& enc, const at::Tensor& b_eff, const at::Tensor& thr,
-                    const at::Tensor& dec, int64_t variant);
+                    const at::Tensor& dec);
 
 }  // namespace steerkit

@@ -24,7 +24,7 @@ TORCH_LIBRARY(steerkit_cuda, m) {
   m.def("sae_encode_topk_chunks(Tensor xs, Tensor W, Tensor b, Tensor(a!) P, Tensor(b!) run, "
         "Tensor(c!) values, Tensor(d!) indices, int k, int fc) -> ()");
   m.def("sae_steer(Tensor x, Tensor(a!) out, Tensor config, Tensor n_feat, Tensor kind, "
-        "Tensor value, Tensor enc, Tensor b_eff, Tensor thr, Tensor dec, int variant=0) -> ()");
+        "Tensor value, Tensor enc, Tensor b_eff, Tensor thr, Tensor dec) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(steerkit_cuda, CUDA, m) {

@@ -4,7 +4,7 @@ place, errors, opcheck, torch.compile and CUDA-graph replay."""
 import pytest
 import torch
 
-from helpers import DEVICE, GPU, assert_untouched, gpu_only, randn
+from helpers import DEVICE, GPU, _cuda_ext_ok, assert_untouched, gpu_only, randn
 from sae_helpers import SAE_BACKENDS, SAE_DTYPES, close, make_sae
 from steerkit import ops
 from steerkit.ops import reference_sae as R
@@ -136,7 +136,7 @@ def test_table_and_op_errors():
         ops.sae_steer(h, torch.full((3,), 3, dtype=torch.int32, device=DEVICE), t)
     with pytest.raises(E, match="steers rows of width 16"):
         ops.sae_steer(randn(3, 8), torch.zeros(3, dtype=torch.int32, device=DEVICE), t)
-    with pytest.raises(ops.BackendError, match="no CUDA C"):
+    with pytest.raises(ops.BackendError, match="CUDA row kernel takes float16 / bfloat16 rows"):
         ops.sae_steer(h, torch.zeros(3, dtype=torch.int32, device=DEVICE), t, backend="cuda")
 
 
@@ -250,6 +250,62 @@ def test_row_kernel(dtype, d, in_place):
     keep = (config < 1) | (config >= N)
     assert _same_bits(out[keep], h[keep]), "untouched rows changed"
     assert not torch.equal(out[~keep], h[~keep])
+
+
+cuda_rows = pytest.mark.skipif(not (GPU and _cuda_ext_ok()), reason="needs a GPU and the CUDA extension")
+
+
+@cuda_rows
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [2304, 4096])
+@pytest.mark.parametrize("M", [1, 3, 8])
+@pytest.mark.parametrize("in_place", [True, False])
+def test_cuda_row_kernel(dtype, d, M, in_place):
+    """csrc/sae_steer.cu (one CTA per row, built per d and slot count) against the reference on
+    fresh random tables: every slot kind, random slot counts, config 0 and out-of-range ids
+    bit-identical."""
+    from steerkit import _cuda_ext
+
+    _cuda_ext.load()
+    N, T = 6, 24
+    tables = _random_steering(N, M, d, dtype)
+    h = randn(T, d, dtype=dtype)
+    h[:, ::7] = -0.0
+    config = torch.randint(0, N, (T,), device=DEVICE, dtype=torch.int32)
+    config[:4] = torch.tensor([0, -1, N, 2 ** 31 - 1], device=DEVICE, dtype=torch.int32)
+    config[4:3 + N] = torch.arange(1, N, device=DEVICE, dtype=torch.int32)
+    ref = R.sae_steer(h.float(), config, *tables)
+    out = h.clone() if in_place else torch.full_like(h, float("nan"))
+    torch.ops.steerkit_cuda.sae_steer(out if in_place else h, out, config, *tables)
+    close(out, ref, dtype)
+    keep = (config < 1) | (config >= N)
+    assert _same_bits(out[keep], h[keep]), "untouched rows changed"
+    assert not torch.equal(out[~keep], h[~keep])
+
+
+@cuda_rows
+def test_cuda_row_kernel_through_the_op():
+    """ops.sae_steer_ takes the CUDA row kernel by default up to CUDA_STEER_MAX_T rows (Triton
+    above), and refuses it with a reason where it does not apply."""
+    from steerkit import _cuda_ext
+    from steerkit.ops import sae_steer as S
+
+    _cuda_ext.load()
+    table = _table(2304, 3000, torch.bfloat16)
+    for T in (1, 16, 17):
+        h = randn(T, 2304, dtype=torch.bfloat16)
+        config = torch.randint(0, table.capacity + 1, (T,), device=DEVICE, dtype=torch.int32)
+        ref = R.sae_steer(h.float(), config, *table.tensors())
+        assert S._params("sae_steer_", h, config, table, None, True)[1] == ("cuda" if T <= 16 else "triton")
+        for backend in (None, "cuda"):
+            got = ops.sae_steer_(h.clone(), config, table, backend=backend)
+            close(got, ref, torch.bfloat16)
+            assert_untouched(got, h, config == 0)
+    wide = _table(769, 300, torch.bfloat16)
+    h = randn(2, 769, dtype=torch.bfloat16)
+    with pytest.raises(ops.BackendError, match="built for d in"):
+        ops.sae_steer(h, torch.ones(2, dtype=torch.int32, device=DEVICE), wide, backend="cuda")
+    assert S._params("sae_steer", h, torch.ones(2, dtype=torch.int32, device=DEVICE), wide, None, True)[1] == "triton"
 
 
 def test_row_kernel_needs_the_whole_row():

@@ -1,9 +1,10 @@
 """Shared plumbing of the SAE ops: argument checks and backend choice.
 
-The SAE ops have a PyTorch reference (steerkit.ops.reference_sae) and Triton kernels; one of
-them, sae_encode_topk, also has a CUDA C++ selection kernel for its GEMM path (csrc/
-sae_encode_topk.cu), which ``backend="cuda"`` runs where it applies (``cuda_refusal`` None) and
-``auto`` prefers once the extension is loaded. ``backend="cuda"`` passed to another SAE op, or
+The SAE ops have a PyTorch reference (steerkit.ops.reference_sae) and Triton kernels; two of
+them also have CUDA C++ kernels: sae_encode_topk a selection kernel for its GEMM path (csrc/
+sae_encode_topk.cu), sae_steer a row kernel for decode-sized batches (csrc/sae_steer.cu).
+``backend="cuda"`` runs them where they apply (``cuda_refusal`` None) and ``auto`` prefers them
+there once the extension is loaded (sae_steer's only up to CUDA_STEER_MAX_T rows). ``backend="cuda"`` passed to another SAE op, or
 where the CUDA kernel does not apply, raises BackendError; a process-wide
 ``STEERKIT_BACKEND=cuda`` means "fast kernels" and falls back to Triton there.
 """
@@ -19,10 +20,11 @@ from ._backend import BACKENDS, BackendError, _refuse
 
 
 def backend_for(op: str, x: torch.Tensor, backend: Optional[str], extra_refusal: Optional[str] = None,
-                cuda_refusal: Optional[str] = "the op has no CUDA C++ kernel") -> str:
+                cuda_refusal: Optional[str] = "the op has no CUDA C++ kernel", cuda_preferred: bool = True) -> str:
     """"torch", "triton" or "cuda" for this call. ``extra_refusal``: why Triton cannot take this
     input (an op-specific limit), or None; ``cuda_refusal``: why the op's CUDA kernel cannot (by
-    default: it has none), or None."""
+    default: it has none), or None; ``cuda_preferred``: whether ``auto`` takes that kernel when it
+    can (False: it runs only when asked for, Triton being faster there)."""
     requested = backend or os.environ.get("STEERKIT_BACKEND") or "auto"
     if requested not in BACKENDS + ("auto",):
         raise ValueError(f"steerkit.ops.{op}: backend must be one of {BACKENDS + ('auto',)}, got {requested!r}")
@@ -36,7 +38,8 @@ def backend_for(op: str, x: torch.Tensor, backend: Optional[str], extra_refusal:
             raise BackendError(f"backend 'cuda' cannot run steerkit.ops.{op} here: {reason}{hint}")
         requested = "triton" if x.is_cuda else "auto"
     if requested == "auto":
-        if x.is_cuda and cuda_refusal is None and _cuda_loaded() and _refuse("cuda", op, x.device, x.dtype, d) is None:
+        if (x.is_cuda and cuda_refusal is None and cuda_preferred and _cuda_loaded()
+                and _refuse("cuda", op, x.device, x.dtype, d) is None):
             return "cuda"
         if x.is_cuda and extra_refusal is None and _refuse("triton", op, x.device, x.dtype, d) is None:
             return "triton"

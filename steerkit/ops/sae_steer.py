@@ -34,6 +34,27 @@ def _prepare(x, config, n_feat, kind, value, enc, b_eff, thr, dec):
 register(OP, "Tensor config, " + _TABLE, R.sae_steer, _prepare)
 
 
+CUDA_ROWS = (2304, 4096)  # the row widths csrc/sae_steer.cu is built for
+CUDA_MAX_SLOTS = 8
+CUDA_STEER_MAX_T = 16  # auto takes the CUDA row kernel up to here (H100: 2.5-3.0 µs a row against 3.2-3.6)
+
+
+def _cuda_refusal(h, table) -> Optional[str]:
+    """Why csrc/sae_steer.cu cannot take this call (None: it can): 16-bit rows of a width it is
+    built for, the table's rows in h's dtype, at most CUDA_MAX_SLOTS slots, 16-byte aligned rows."""
+    d = h.shape[-1]
+    if h.dtype not in (torch.float16, torch.bfloat16) or table.enc.dtype != h.dtype:
+        return f"the CUDA row kernel takes float16 / bfloat16 rows with a table of the same dtype, got {h.dtype} " \
+               f"rows and a {table.enc.dtype} table"
+    if d not in CUDA_ROWS or table.max_features > CUDA_MAX_SLOTS:
+        return f"the CUDA row kernel is built for d in {CUDA_ROWS} and at most {CUDA_MAX_SLOTS} slots, got d={d}, " \
+               f"{table.max_features} slots"
+    rows_aligned = h.dim() < 2 or h.shape[-2] <= 1 or h.stride(-2) % 8 == 0
+    if h.data_ptr() % 16 or not rows_aligned:
+        return "the CUDA row kernel needs 16-byte aligned rows"
+    return None
+
+
 def _params(op, h, config, table, backend, validate):
     tensors = C.config_table(op, h, config, table, "steerkit SaeSteeringTable", "kind", validate)
     b = None
@@ -41,7 +62,8 @@ def _params(op, h, config, table, backend, validate):
         from steerkit.kernels._launch import MAX_D
 
         wide = f"d={h.shape[-1]} exceeds {MAX_D}, the widest row the kernel keeps" if h.shape[-1] > MAX_D else None
-        b = _sae.backend_for(op, h, backend, wide)
+        rows = h.numel() // max(1, h.shape[-1])
+        b = _sae.backend_for(op, h, backend, wide, _cuda_refusal(h, table), cuda_preferred=rows <= CUDA_STEER_MAX_T)
     return (config, *tensors), b
 
 
