@@ -1,6 +1,8 @@
 """sae_steer_ / sae_steer with SaeSteeringTable: fused per-row clamp / add vs the reference and
 vs a dense SAE computed by hand, identity rows bit-identical, only-active, table updates in
 place, errors, opcheck, torch.compile and CUDA-graph replay."""
+import importlib
+
 import pytest
 import torch
 
@@ -288,7 +290,7 @@ def test_cuda_row_kernel_through_the_op():
     """ops.sae_steer_ takes the CUDA row kernel by default up to CUDA_STEER_MAX_T rows (Triton
     above), and refuses it with a reason where it does not apply."""
     from steerkit import _cuda_ext
-    from steerkit.ops import sae_steer as S
+    S = importlib.import_module("steerkit.ops.sae_steer")  # the module (ops.sae_steer is the function)
 
     _cuda_ext.load()
     table = _table(2304, 3000, torch.bfloat16)
