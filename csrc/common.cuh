@@ -401,6 +401,17 @@ inline void check_param(const at::Tensor& p, const at::Tensor& x, int64_t dim, c
               " must have stride(-1) == 1, got strides ", p.strides());
 }
 
+// A per-configuration table tensor: on x's device, of dtype and shape, contiguous.
+inline void check_table(const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
+                        c10::IntArrayRef shape, const char* op, const char* name) {
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), ", got ",
+              t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
 inline void check_index(const at::Tensor& index, const at::Tensor& x, const char* op,
                         const char* name) {
   TORCH_CHECK(index.device() == x.device(), op, ": ", name, " must be on ", x.device(), ", got ",

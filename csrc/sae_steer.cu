@@ -133,18 +133,6 @@ __global__ void __launch_bounds__(THREADS)
   }
 }
 
-
-void check_table(const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
-                 c10::IntArrayRef shape, const char* name) {
-  constexpr const char* op = "steerkit_cuda::sae_steer";
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), ", got ",
-              t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ",
-              t.scalar_type());
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
-
 }  // namespace
 
 void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& config,
@@ -158,14 +146,14 @@ void sae_steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& conf
   TORCH_CHECK(kind.dim() == 2, op, ": kind must be 2-D [N, M], got shape ", kind.sizes());
   const int64_t N = kind.size(0), M = kind.size(1);
   TORCH_CHECK(M >= 1 && M <= 8, op, ": the row kernel is built for 1 to 8 slots, got M = ", M);
-  check_table(config, x, at::kInt, {T}, "config");
-  check_table(n_feat, x, at::kInt, {N}, "n_feat");
-  check_table(kind, x, at::kInt, {N, M}, "kind");
-  check_table(value, x, at::kFloat, {N, M}, "value");
-  check_table(enc, x, x.scalar_type(), {N, M, d}, "enc");
-  check_table(b_eff, x, at::kFloat, {N, M}, "b_eff");
-  check_table(thr, x, at::kFloat, {N, M}, "thr");
-  check_table(dec, x, x.scalar_type(), {N, M, d}, "dec");
+  check_table(config, x, at::kInt, {T}, op, "config");
+  check_table(n_feat, x, at::kInt, {N}, op, "n_feat");
+  check_table(kind, x, at::kInt, {N, M}, op, "kind");
+  check_table(value, x, at::kFloat, {N, M}, op, "value");
+  check_table(enc, x, x.scalar_type(), {N, M, d}, op, "enc");
+  check_table(b_eff, x, at::kFloat, {N, M}, op, "b_eff");
+  check_table(thr, x, at::kFloat, {N, M}, op, "thr");
+  check_table(dec, x, x.scalar_type(), {N, M, d}, op, "dec");
   TORCH_CHECK(d % 8 == 0 && vec_ok(x, 8) && vec_ok(out, 8) && aligned16(enc.data_ptr()) &&
                   aligned16(dec.data_ptr()),
               op, ": needs 16-byte aligned rows (d a multiple of 8, aligned pointers and row strides)");

@@ -237,17 +237,6 @@ steer_kernel(const T* x, T* out, int64_t sx, int64_t so, const int32_t* config,
   }
 }
 
-void check_table(const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
-                 c10::IntArrayRef shape, const char* name) {
-  constexpr const char* op = "steerkit_cuda::steer";
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), ", got ",
-              t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ",
-              t.scalar_type());
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
-
 }  // namespace
 
 void steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& config,
@@ -264,16 +253,16 @@ void steer_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& config,
   const at::ScalarType pt = dyn_w.scalar_type();
   TORCH_CHECK(pt == at::kFloat || pt == x.scalar_type(), op,
               ": dyn_w, dirs, vec must be float32 or x's dtype ", x.scalar_type(), ", got ", pt);
-  check_table(config, x, at::kInt, {T}, "config");
-  check_table(scale, x, at::kFloat, {N}, "scale");
-  check_table(flags, x, at::kInt, {N}, "flags");
-  check_table(dyn_w, x, pt, {N, d}, "dyn_w");
-  check_table(dyn_b, x, at::kFloat, {N}, "dyn_b");
-  check_table(dirs, x, pt, {N, R, d}, "dirs");
-  check_table(dir_val, x, at::kFloat, {N, R}, "dir_val");
-  check_table(n_dirs, x, at::kInt, {N}, "n_dirs");
-  check_table(vec, x, pt, {N, d}, "vec");
-  check_table(strength, x, at::kFloat, {N}, "strength");
+  check_table(config, x, at::kInt, {T}, op, "config");
+  check_table(scale, x, at::kFloat, {N}, op, "scale");
+  check_table(flags, x, at::kInt, {N}, op, "flags");
+  check_table(dyn_w, x, pt, {N, d}, op, "dyn_w");
+  check_table(dyn_b, x, at::kFloat, {N}, op, "dyn_b");
+  check_table(dirs, x, pt, {N, R, d}, op, "dirs");
+  check_table(dir_val, x, at::kFloat, {N, R}, op, "dir_val");
+  check_table(n_dirs, x, at::kInt, {N}, op, "n_dirs");
+  check_table(vec, x, pt, {N, d}, op, "vec");
+  check_table(strength, x, at::kFloat, {N}, op, "strength");
   if (T == 0 || d == 0) return;
   c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
