@@ -4,9 +4,10 @@ The SAE ops have a PyTorch reference (steerkit.ops.reference_sae) and Triton ker
 them also have CUDA C++ kernels: sae_encode_topk a selection kernel for its GEMM path (csrc/
 sae_encode_topk.cu), sae_steer a row kernel for decode-sized batches (csrc/sae_steer.cu).
 ``backend="cuda"`` runs them where they apply (``cuda_refusal`` None) and ``auto`` prefers them
-there once the extension is loaded (sae_steer's only up to CUDA_STEER_MAX_T rows). ``backend="cuda"`` passed to another SAE op, or
-where the CUDA kernel does not apply, raises BackendError; a process-wide
-``STEERKIT_BACKEND=cuda`` means "fast kernels" and falls back to Triton there.
+there once the extension is loaded (sae_steer's only up to CUDA_STEER_MAX_T rows).
+``backend="cuda"`` passed to another SAE op, or where the CUDA kernel does not apply, raises
+BackendError; a process-wide ``STEERKIT_BACKEND=cuda`` means "fast kernels" and falls back to
+Triton there.
 """
 from __future__ import annotations
 
