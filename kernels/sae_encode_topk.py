@@ -791,7 +791,13 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
     4M entries on the H100 (d = 4096, F = 65536 and 131072, T = 4096 and 16384), 1.2-2x on
     chunks of 1-2M and up to 30x on small ones (host-bound: benchmarks/results/probe-gemm-h100.txt).
     ``budget``: bytes (default 5% of the bf16 [T, F] matrix). ``select="cuda"`` (the CUDA
-    selection kernel, csrc/sae_encode_topk.cu) keeps only the lists: no pending slots."""
+    selection kernel, csrc/sae_encode_topk.cu) keeps only the lists: no pending slots, and it
+    may take 8192 features a chunk (two segments a row) where that gives a larger chunk than
+    4096: with b_dec, whose x - b_dec buffer of Tc rows halves Tc. H100, bf16, k = 64, one call
+    at a time against the bare product (probe-topk-chunk-shape-h100.txt): with b_dec, d = 4096,
+    F = 65536, T = 4096: 1.36x with 1024 x 8192 against 1.44x with 1024 x 4096; T = 16384:
+    1.20x against 1.25x; d = 2304, F = 16384, T = 4096: 3.7x against 6.0x. At equal areas the
+    4096-wide chunk was faster (no b_dec: 1.29x against 1.32x at d = 4096, T = 4096)."""
     kw = max(16, triton.next_power_of_2(k))
     if interpreting():
         # tiles wider than the pending slots, so that the tests reach _scan
@@ -803,7 +809,8 @@ def gemm_config(T: int, d: int, F: int, k: int, shift_bytes: int, device, budget
     budget = MEMORY_FRACTION * 2 * T * F if budget is None else budget
     budget -= GEMM_RESERVE
     tc, fc, area = 128, min(64, F), 0  # the smallest chunk where none fits the budget
-    for w in (4096, 2048, 1024, 512, 256, 128, 64):  # widest first: it keeps ties
+    widths = (4096, 2048, 1024, 512, 256, 128, 64) + ((8192,) if select == "cuda" else ())
+    for w in widths:  # the first of equal areas wins: 4096, then the narrower (it keeps ties)
         w = min(w, F)
         rows = 128
         while rows < T and 2 * rows * (w * esize + per_row) <= budget:

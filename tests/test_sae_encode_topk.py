@@ -284,6 +284,21 @@ def test_gemm_is_the_default_from_gemm_min_t():
         assert tc * fc * esize < budget and tc * fc * esize >= 8 << 20
 
 
+def test_gemm_cuda_chunks_widen_only_when_larger():
+    """The CUDA selection's chunks: 8192 features where that gives a larger chunk (x - b_dec
+    takes part of the budget), else gemm_config's 4096-wide ones; always within the budget."""
+    M = _kernel_module()
+    cpu = torch.device("cpu")
+    for T, d, F in [(4096, 4096, 65536), (16384, 4096, 65536), (4096, 2304, 16384), (4096, 4096, 131072)]:
+        budget = 0.05 * 2 * T * F
+        plain = M.gemm_config(T, d, F, 64, 0, cpu)[:2]
+        assert M.gemm_config(T, d, F, 64, 0, cpu, select="cuda")[:2] == plain and plain[1] == 4096
+        tc, fc = M.gemm_config(T, d, F, 64, 2 * d, cpu, select="cuda")[:2]  # with b_dec
+        tc4, fc4 = M.gemm_config(T, d, F, 64, 2 * d, cpu)[:2]
+        assert fc == 8192 and tc * fc > tc4 * fc4
+        assert tc * (fc * 2 + 64 * 8 + 2 * d) <= budget
+
+
 @pytest.mark.parametrize("ascending", [True, False])
 def test_gemm_later_chunks_outrank_earlier(ascending):
     """Encoder biases rising with the feature index: every entry of each later chunk beats the
