@@ -286,17 +286,24 @@ def test_gemm_is_the_default_from_gemm_min_t():
 
 def test_gemm_cuda_chunks_widen_only_when_larger():
     """The CUDA selection's chunks: 8192 features where that gives a larger chunk (x - b_dec
-    takes part of the budget), else gemm_config's 4096-wide ones; always within the budget."""
+    takes part of the budget), else 4096 with as many rows as fit; always within the budget."""
     M = _kernel_module()
     cpu = torch.device("cpu")
     for T, d, F in [(4096, 4096, 65536), (16384, 4096, 65536), (4096, 2304, 16384), (4096, 4096, 131072)]:
-        budget = 0.05 * 2 * T * F
-        plain = M.gemm_config(T, d, F, 64, 0, cpu)[:2]
-        assert M.gemm_config(T, d, F, 64, 0, cpu, select="cuda")[:2] == plain and plain[1] == 4096
-        tc, fc = M.gemm_config(T, d, F, 64, 2 * d, cpu, select="cuda")[:2]  # with b_dec
-        tc4, fc4 = M.gemm_config(T, d, F, 64, 2 * d, cpu)[:2]
-        assert fc == 8192 and tc * fc > tc4 * fc4
-        assert tc * (fc * 2 + 64 * 8 + 2 * d) <= budget
+        budget = 0.05 * 2 * T * F - M.GEMM_RESERVE
+
+        def rows(w, shift):  # the most rows (a power of two, from 128) of a w-wide chunk in the budget
+            r = 128
+            while r < T and 2 * r * (2 * w + 64 * 8 + shift) <= budget:
+                r *= 2
+            return r
+
+        for shift in (0, 2 * d):  # without and with b_dec
+            tc, fc = M.gemm_config(T, d, F, 64, shift, cpu, select="cuda")[:2]
+            assert tc * (2 * fc + 64 * 8 + shift) <= budget
+            wide = rows(8192, shift) * 8192 > rows(4096, shift) * 4096
+            assert (tc, fc) == ((rows(8192, shift), 8192) if wide else (rows(4096, shift), 4096))
+            assert wide == (shift > 0)  # these shapes widen only with b_dec
 
 
 @pytest.mark.parametrize("ascending", [True, False])
