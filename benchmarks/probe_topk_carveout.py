@@ -9,10 +9,15 @@ against (a)'s.
 
 Usage: python benchmarks/probe_topk_carveout.py"""
 import json
+import os
+import sys
 
 import torch
 
 from steerkit import _cuda_ext
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probe_topk_cuda import med_us  # noqa: E402
 
 _cuda_ext.load()
 sel = torch.ops.steerkit_cuda.sae_encode_topk_select
@@ -27,18 +32,8 @@ side = torch.cuda.Stream()
 n = F // fc
 
 
-def med(f, reps=15):
-    for _ in range(3):
-        f()
-    ts = []
-    for _ in range(reps):
-        a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        f()
-        e.record()
-        e.synchronize()
-        ts.append(a.elapsed_time(e) * 1e3)
-    return sorted(ts)[len(ts) // 2]
+def med(f):
+    return med_us(f, reps=15)[0]
 
 
 def in_order(v, i):
