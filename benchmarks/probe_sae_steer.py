@@ -15,7 +15,7 @@ small and latency also time the CUDA row kernel (csrc/sae_steer.cu, "cuda") when
 extension loads. (probe-sae-steer-cuda-*-h100.txt are runs of earlier versions of this probe with
 the kernel variants it then had, named there.)
 
-Usage: python benchmarks/probe_sae_steer.py [large|small|both|latency]
+Usage: python benchmarks/probe_sae_steer.py [large|small|both|latency|order]
 """
 import importlib
 import sys
@@ -54,6 +54,12 @@ def run_cfg(x, cfg, tens, c):
     (c = "cuda")."""
     if c == "cuda":
         torch.ops.steerkit_cuda.sae_steer(x, x, cfg, *tens)
+    elif c is not None and c[0] == "rank":  # a group cfg, its blocks finding their rows by rank instead of tl.sort
+        KS.ORDER = "rank"
+        try:
+            KS.sae_steer(x, x, cfg, *tens, cfg=c[1])
+        finally:
+            KS.ORDER = "sort"
     else:
         KS.sae_steer(x, x, cfg, *tens, cfg=c)
 
@@ -97,6 +103,32 @@ def large(copy_gbps):
             print(f"T={T} d={d} {layout}: floor {floor:.1f} us, copy_ of h {copy:.1f} us ({100 * floor / copy:.0f}%)", flush=True)
             for c, us in sorted(check_and_time(h, cfg, tabs[n_cfg], LARGE).items(), key=lambda kv: kv[1]):
                 print(f"  {str(c):48s} {us:8.2f} us  {100 * floor / us:5.1f}% of floor", flush=True)
+
+
+DEFAULT_LARGE = (32, 8, 256, 4) + G + (2, 4, 256)
+ORDERS = [None, ("rank", DEFAULT_LARGE), (16, 8, 256, 4) + G + (2, 4, 256), ("rank", (16, 8, 256, 4) + G + (2, 4, 256)),
+          ("rank", (32, 8, 256, 4) + G + (2, 4, 512)), ("rank", (32, 8, 256, 4) + G + (2, 3, 256))]
+
+
+def order():
+    """How group blocks find their rows in a sorted chunk: tl.sort (the default) against ranks;
+    "presorted" (ids drawn at random per row, each 256-row chunk already in order: no sort) is
+    the ceiling of any cheaper ordering."""
+    gbps = copy_bandwidth_gbps("cuda")
+    for d in (2304, 4096):
+        tab = table_for(d)
+        for T in (4096, 16384):
+            for layout in ("random", "presorted", "requests"):
+                h = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
+                cfg = torch.randint(0, N_CFG + 1, (T,), device="cuda", dtype=torch.int32)
+                if layout == "presorted":
+                    cfg = cfg.view(-1, 256).sort(dim=1).values.reshape(-1).contiguous()
+                if layout == "requests":
+                    cfg = (torch.arange(T, device="cuda", dtype=torch.int32) // 1024) % (N_CFG + 1)
+                floor = (2 * T * d * 2 + 2 * N_CFG * M * d * 2) / 1e3 / gbps
+                print(f"T={T} d={d} {layout}: floor {floor:.1f} us", flush=True)
+                for c, us in sorted(check_and_time(h, cfg, tab, ORDERS).items(), key=lambda kv: kv[1]):
+                    print(f"  {str(c):60s} {us:8.2f} us  {100 * floor / us:5.1f}% of floor", flush=True)
 
 
 def small():
@@ -172,6 +204,8 @@ if __name__ == "__main__":
     print(f"# probe_sae_steer on {torch.cuda.get_device_name()}: copy {gbps:.0f} GB/s", flush=True)
     if what == "latency":
         latency()
+    if what == "order":
+        order()
     if what in ("small", "both"):
         small()
     if what in ("large", "both"):
