@@ -59,7 +59,6 @@ KIND_CLAMP = tl.constexpr(1)
 KIND_ONLY_ACTIVE = tl.constexpr(4)
 MAX_CH = 1024  # the most rows a group launch sorts together (each block sorts its chunk's ids)
 SORT_CH = 256  # the defaults' chunk
-ORDER = "sort"  # PROBE ONLY: how a group block finds its rows in a sorted chunk ("sort" / "rank")
 
 
 @triton.jit
@@ -157,7 +156,7 @@ def _sort_id(cfg_ptr, r, T, N):
 def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value_ptr, enc_ptr, b_eff_ptr, thr_ptr,
                             dec_ptr, T, d, N, M, stride_x, stride_o,
                             IN_PLACE: tl.constexpr, F32: tl.constexpr, BT: tl.constexpr, MP: tl.constexpr,
-                            BD: tl.constexpr, G: tl.constexpr, CH: tl.constexpr, RANK: tl.constexpr = False):
+                            BD: tl.constexpr, G: tl.constexpr, CH: tl.constexpr):
     """BT rows against G consecutive configurations at once ("group" launch configurations): one
     [G*MP, BD] tile of encoder (then decoder) rows per chunk and one tl.dot, no branch in the d
     loops (their loads pipeline over num_stages). Column j of the [BT, G*MP] tiles is slot j % MP
@@ -177,23 +176,10 @@ def _sae_steer_group_kernel(x_ptr, out_ptr, cfg_ptr, n_feat_ptr, kind_ptr, value
             rows = blk + tl.arange(0, BT)
             cfg = tl.load(cfg_ptr + rows, mask=rows < T, other=0)
         else:
-            if RANK:
-                # each key's sorted position is the number of keys below it (compared 32 at a time);
-                # the block takes the keys at positions blk - c0 .. blk - c0 + BT - 1
-                kr = eff * CH + loc
-                QB: tl.constexpr = 32 if CH > 32 else CH
-                rank = tl.zeros([CH], tl.int32)
-                for q0 in tl.static_range(0, CH, QB):
-                    lq = q0 + tl.arange(0, QB)
-                    kq = _sort_id(cfg_ptr, c0 + lq, T, N) * CH + lq
-                    rank += tl.sum((kq[None, :] < kr[:, None]).to(tl.int32), axis=1)
-                pos = (blk - c0) + tl.arange(0, BT)
-                pick = tl.sum(tl.where(rank[None, :] == pos[:, None], kr[None, :], 0), axis=1)  # [BT]
-            else:
-                # the block's slice of the sorted keys: row (blk - c0) / BT of a [CH / BT, BT] view
-                key = tl.reshape(tl.sort(eff * CH + loc), (CH // BT, BT))
-                sub = tl.arange(0, CH // BT)[:, None] == (blk - c0) // BT
-                pick = tl.sum(tl.where(sub, key, 0), axis=0)  # [BT]
+            # the block's slice of the sorted keys: row (blk - c0) / BT of a [CH / BT, BT] view
+            key = tl.reshape(tl.sort(eff * CH + loc), (CH // BT, BT))
+            sub = tl.arange(0, CH // BT)[:, None] == (blk - c0) // BT
+            pick = tl.sum(tl.where(sub, key, 0), axis=0)  # [BT]
             rows = c0 + pick % CH
             cfg = pick // CH
     else:
@@ -398,8 +384,7 @@ def sae_steer(x, out, config, n_feat, kind, value, enc, b_eff, thr, dec, cfg=Non
             ch = 0
         _sae_steer_group_kernel[(triton.cdiv(T, bt),)](
             *args, T, d, N, M, x.stride(0), out.stride(0),
-            IN_PLACE=in_place, F32=f32, BT=bt, MP=mp, BD=bd, G=g, CH=ch, RANK=ORDER == "rank", num_warps=warps,
-            num_stages=stages)
+            IN_PLACE=in_place, F32=f32, BT=bt, MP=mp, BD=bd, G=g, CH=ch, num_warps=warps, num_stages=stages)
         return
     if bd is None:
         raise ValueError(f"sae_steer: the block kernel needs a BD, got {cfg!r}")
