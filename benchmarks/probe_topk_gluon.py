@@ -47,6 +47,7 @@ VARIANTS = {
     "ws s4 epi-store": (True, 4, 0),
     "pipe s4 epi-split": (False, 4, 2),
     "pipe s3 epi-tma": (False, 3, 1),
+    "ws s4 filter": (True, 4, 3),  # the TopK filter epilogue (theta: each row's m-th largest)
 }
 
 
@@ -82,7 +83,38 @@ def _issue_load(p, x_desc, w_desc, x_bufs, w_bufs, ready, k_iters, num_pid_n, pr
 
 
 @gluon.jit
-def _epilogue(acc, o_desc, c_smem, out_ptr, b_ptr, off_m, off_n, N, EPI: gl.constexpr):
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
+def _filter_half(part, c_smem, off_m, off_n, flt, num_warps: gl.constexpr):
+    # EPI 3: append the entries >= theta[row] of a [BM, BN / 2] part to the rows' candidate buffers.
+    # Through shared memory into a layout with each row inside one warp, so the row count is a
+    # warp reduction and the ranks a warp scan; one atomic per row reserves the row's slots.
+    theta_ptr, cnt_ptr, cv_ptr, ci_ptr, C = flt
+    BLOCK_M: gl.constexpr = part.shape[0]
+    WIDTH: gl.constexpr = part.shape[1]
+    row_l: gl.constexpr = gl.BlockedLayout([1, WIDTH // 32], [1, 32], [num_warps, 1], [1, 0])
+    gl.thread_barrier()  # earlier readers of c_smem are done
+    c_smem.store(part.to(gl.bfloat16))
+    gl.thread_barrier()
+    v = c_smem.load(row_l).to(gl.float32)
+    rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, row_l))
+    cols = off_n + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, row_l))
+    theta = gl.load(theta_ptr + rows)
+    keep = (v >= gl.expand_dims(theta, 1)).to(gl.int32)
+    n_row = gl.sum(keep, axis=1)
+    base = gl.atomic_add(cnt_ptr + rows, n_row, mask=n_row > 0, sem="relaxed")
+    pos = gl.expand_dims(base, 1) + gl.associative_scan(keep, 1, _add) - 1
+    put = (keep > 0) & (pos < C)
+    at = gl.expand_dims(rows.to(gl.int64) * C, 1) + pos
+    gl.store(cv_ptr + at, v, mask=put)
+    gl.store(ci_ptr + at, gl.expand_dims(cols, 0) + 0 * pos, mask=put)
+
+
+@gluon.jit
+def _epilogue(acc, o_desc, c_smem, out_ptr, b_ptr, off_m, off_n, N, flt, EPI: gl.constexpr):
     # acc: fp32 [BM, BN] in the wgmma layout; add the bias in fp32, round to bf16, write out
     BLOCK_M: gl.constexpr = acc.shape[0]
     BLOCK_N: gl.constexpr = acc.shape[1]
@@ -100,6 +132,10 @@ def _epilogue(acc, o_desc, c_smem, out_ptr, b_ptr, off_m, off_n, N, EPI: gl.cons
         c_smem.store(y.to(gl.bfloat16))
         fence_async_shared()
         tma.async_copy_shared_to_global(o_desc, [off_m, off_n], c_smem)
+    elif EPI == 3:  # the TopK filter instead of a store (see _filter_half)
+        lo, hi = y.reshape([BLOCK_M, 2, BLOCK_N // 2]).permute(0, 2, 1).split()
+        _filter_half(lo, c_smem, off_m, off_n, flt, gl.num_warps())
+        _filter_half(hi, c_smem, off_m, off_n + BLOCK_N // 2, flt, gl.num_warps())
     else:
         # columns [0, BN/2) and [BN/2, BN): every thread holds both halves, so the split is free
         lo, hi = y.reshape([BLOCK_M, 2, BLOCK_N // 2]).permute(0, 2, 1).split()
@@ -135,7 +171,7 @@ def _ws_loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, num_tiles, k_iters,
 
 
 @gluon.jit
-def _ws_compute(o_desc, out_ptr, b_ptr, x_bufs, w_bufs, ready, empty, c_smem, num_tiles, k_iters, num_pid_n, N,
+def _ws_compute(o_desc, out_ptr, b_ptr, x_bufs, w_bufs, ready, empty, c_smem, num_tiles, k_iters, num_pid_n, N, flt,
                 GROUP: gl.constexpr, STAGES: gl.constexpr, EPI: gl.constexpr, num_warps: gl.constexpr):
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
     BLOCK_N: gl.constexpr = w_bufs.type.shape[2]
@@ -159,13 +195,13 @@ def _ws_compute(o_desc, out_ptr, b_ptr, x_bufs, w_bufs, ready, empty, c_smem, nu
         acc = warpgroup_mma_wait(0, deps=(acc, ))
         gl.thread_barrier()
         mbarrier.arrive(empty.index((c + STAGES - 1) % STAGES))
-        _epilogue(acc, o_desc, c_smem, out_ptr, b_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, N, EPI)
+        _epilogue(acc, o_desc, c_smem, out_ptr, b_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, N, flt, EPI)
     if EPI != 0:
         tma.store_wait(0)
 
 
 @gluon.jit
-def gemm_ws_kernel(x_desc, w_desc, o_desc, out_ptr, b_ptr, M, N, K,
+def gemm_ws_kernel(x_desc, w_desc, o_desc, out_ptr, b_ptr, M, N, K, theta_ptr, cnt_ptr, cv_ptr, ci_ptr, C,
                    GROUP: gl.constexpr, STAGES: gl.constexpr, EPI: gl.constexpr, num_warps: gl.constexpr):
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
@@ -187,7 +223,7 @@ def gemm_ws_kernel(x_desc, w_desc, o_desc, out_ptr, b_ptr, M, N, K,
     # num_warps warps), worker warp counts, worker register budgets)
     gl.warp_specialize([
         (_ws_compute, (o_desc, out_ptr, b_ptr, x_bufs, w_bufs, ready, empty, c_smem, num_tiles, k_iters, num_pid_n,
-                       N, GROUP, STAGES, EPI, num_warps)),
+                       N, (theta_ptr, cnt_ptr, cv_ptr, ci_ptr, C), GROUP, STAGES, EPI, num_warps)),
         (_ws_loader, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, num_tiles, k_iters, num_pid_n, GROUP, STAGES)),
     ], [1], [40])
 
@@ -197,7 +233,7 @@ def gemm_ws_kernel(x_desc, w_desc, o_desc, out_ptr, b_ptr, M, N, K,
 
 
 @gluon.jit
-def gemm_pipe_kernel(x_desc, w_desc, o_desc, out_ptr, b_ptr, M, N, K,
+def gemm_pipe_kernel(x_desc, w_desc, o_desc, out_ptr, b_ptr, M, N, K, theta_ptr, cnt_ptr, cv_ptr, ci_ptr, C,
                      GROUP: gl.constexpr, STAGES: gl.constexpr, EPI: gl.constexpr, num_warps: gl.constexpr):
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
@@ -235,7 +271,8 @@ def gemm_pipe_kernel(x_desc, w_desc, o_desc, out_ptr, b_ptr, M, N, K,
             _issue_load(p, x_desc, w_desc, x_bufs, w_bufs, ready, k_iters, num_pid_n, p < total, GROUP, STAGES)
             c += 1
         acc = warpgroup_mma_wait(0, deps=(acc, ))
-        _epilogue(acc, o_desc, c_smem, out_ptr, b_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, N, EPI)
+        _epilogue(acc, o_desc, c_smem, out_ptr, b_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, N,
+                  (theta_ptr, cnt_ptr, cv_ptr, ci_ptr, C), EPI)
     if EPI != 0:
         tma.store_wait(0)
 
@@ -246,7 +283,7 @@ def gemm_pipe_kernel(x_desc, w_desc, o_desc, out_ptr, b_ptr, M, N, K,
 
 def make_descs(x, W, out, epi):
     """TMA descriptors (Gluon's host TensorDescriptor carries the NVMMA shared layout)."""
-    obn = BN // 2 if epi == 2 else BN
+    obn = BN // 2 if epi in (2, 3) else BN
     x_l = gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16)
     w_l = gl.NVMMASharedLayout.get_default_for([BK, BN], gl.bfloat16)
     o_l = gl.NVMMASharedLayout.get_default_for([BM, obn], gl.bfloat16)
@@ -254,8 +291,9 @@ def make_descs(x, W, out, epi):
             TensorDescriptor.from_tensor(out, [BM, obn], o_l))
 
 
-def gluon_linear(x, W, b, out, variant, num_sms):
-    """Return a no-argument launcher computing out = x @ W + b with one Gluon variant.
+def gluon_linear(x, W, b, out, variant, num_sms, flt=None):
+    """Return a no-argument launcher computing out = x @ W + b with one Gluon variant (the filter
+    variant: flt = (theta, cnt, cv, ci), whose cnt it zeroes first).
 
     The descriptors are built once here, so the timed call is just the kernel launch.
     """
@@ -267,7 +305,12 @@ def gluon_linear(x, W, b, out, variant, num_sms):
     x_d, w_d, o_d = make_descs(x, W, out, epi)
     grid = (min(num_sms, (M // BM) * (N // BN)), )
     kern = gemm_ws_kernel if ws else gemm_pipe_kernel
-    return lambda: kern[grid](x_d, w_d, o_d, out, b, M, N, K, GROUP_M, stages, epi, num_warps=NUM_WARPS)
+    if flt is None:
+        return lambda: kern[grid](x_d, w_d, o_d, out, b, M, N, K, b, b, b, b, 0, GROUP_M, stages, epi,
+                                  num_warps=NUM_WARPS)
+    theta, cnt, cv, ci = flt
+    return lambda: (cnt.zero_(), kern[grid](x_d, w_d, o_d, out, b, M, N, K, theta, cnt, cv, ci, cv.shape[1], GROUP_M,
+                                            stages, epi, num_warps=NUM_WARPS))
 
 
 def main():
@@ -292,7 +335,31 @@ def main():
         print(f"\n{shape:28s} {'torch.mm':20s} {mm_us:9.1f} us  1.000x  {flop / mm_us / 1e6:5.0f} TFLOP/s", flush=True)
         ref = torch.addmm(b.float(), x.float(), W.float())
         out = torch.empty(T, F, device=dev, dtype=torch.bfloat16)
+        rounded = ref.to(torch.bfloat16).float()
         for name in names:
+            if VARIANTS[name][2] == 3:
+                for m in (256, 1024):
+                    try:
+                        theta = rounded.topk(m, dim=1).values[:, -1].contiguous()
+                        cnt = torch.zeros(T, device=dev, dtype=torch.int32)
+                        cv = torch.empty(T, 2 * m, device=dev, dtype=torch.float32)
+                        ci = torch.empty(T, 2 * m, device=dev, dtype=torch.int32)
+                        fn = gluon_linear(x, W, b, out, name, props.multi_processor_count, (theta, cnt, cv, ci))
+                        fn()
+                        torch.cuda.synchronize()
+                        want = (rounded >= theta[:, None]).sum(1)
+                        near = ((rounded - theta[:, None]).abs() <= theta.abs()[:, None] / 128).sum(1)
+                        bad = int(((cnt.long() - want).abs() > near).sum())
+                        r = torch.arange(T, device=dev)[:, None]
+                        n0 = int(cnt[0].clamp(max=2 * m))
+                        same = torch.equal(cv[0, :n0].sort().values, rounded[0, ci[0, :n0].long()].sort().values)
+                        us = bench(fn, return_mode="median") * 1e3
+                        print(f"{shape:28s} {name + f' m={m}':20s} {us:9.1f} us  {us / mm_us:.3f}x  "
+                              f"{flop / us / 1e6:5.0f} TFLOP/s  rows off {bad}, row 0 values match {same}", flush=True)
+                        del r
+                    except Exception as e:
+                        print(f"{shape:28s} {name:20s} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                continue
             try:
                 out.zero_()
                 fn = gluon_linear(x, W, b, out, name, props.multi_processor_count)
@@ -306,7 +373,7 @@ def main():
                 print(f"{shape:28s} {name:20s} {us:9.1f} us  {us / mm_us:.3f}x  {flop / us / 1e6:5.0f} TFLOP/s", flush=True)
             except Exception as e:  # one variant failing must not stop the others
                 print(f"{shape:28s} {name:20s} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-        del ref, out
+        del ref, out, rounded
 
 
 if __name__ == "__main__":
