@@ -8,8 +8,9 @@ times, against torch.mm (cuBLAS) at the issue's shapes:
   max      the product with a minimal epilogue (a row max; the mainloop's own speed);
   filter   the product whose epilogue appends entries >= theta to per-row buffers (one atomic per
            row and tile reserves the slots, a cumsum places the entries);
-for persistent kernels (one program per SM, tensor descriptors) with and without Triton's warp
-specialization, and for one program per tile. theta is the m-th largest value of each row (from the
+  filter-atomic  the same with one atomic per kept entry;
+for persistent kernels (one program per SM, tensor descriptors; Triton 3.6 does not apply its
+warp_specialize hint on Hopper, so none is given) and for one program per tile. theta is the m-th largest value of each row (from the
 full product), so each row has about m candidates: m = 256 and 1024 bracket what a sample gives.
 Each filter run's per-row counts are checked against the full product (rows whose count differs
 beyond entries within one bf16 step of theta are reported).
@@ -38,11 +39,11 @@ def _tile_pos(tile, n_t, n_f, GROUP: tl.constexpr):
 @triton.jit
 def _fused_kernel(x_desc, w_desc, o_desc, b_ptr, theta_ptr, cv_ptr, ci_ptr, cnt_ptr, T, F, d, C,
                   MODE: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr,
-                  WS: tl.constexpr, FLAT: tl.constexpr):
+                  FLAT: tl.constexpr):
     n_t = tl.cdiv(T, BT)
     n_f = tl.cdiv(F, BF)
     k_tiles = tl.cdiv(d, BK)
-    for tile in tl.range(tl.program_id(0), n_t * n_f, tl.num_programs(0), flatten=FLAT, warp_specialize=WS):
+    for tile in tl.range(tl.program_id(0), n_t * n_f, tl.num_programs(0), flatten=FLAT):
         pid_t, pid_f = _tile_pos(tile, n_t, n_f, GROUP)
         acc = tl.zeros((BT, BF), tl.float32)
         for ki in range(k_tiles):
@@ -56,19 +57,17 @@ def _fused_kernel(x_desc, w_desc, o_desc, b_ptr, theta_ptr, cv_ptr, ci_ptr, cnt_
             o_desc.store([pid_t * BT, pid_f * BF], pre.to(o_desc.dtype))
         elif MODE == 1:
             tl.store(cnt_ptr + rows, tl.max(pre, axis=1).to(tl.int32), mask=(rows < T) & (pid_f == 0))
-        elif MODE == 3:  # one atomic per kept entry
+        else:  # the filter: entries >= theta[row], compared at their rounded value as the selection does
             pre = pre.to(tl.bfloat16).to(tl.float32)
             theta = tl.load(theta_ptr + rows, mask=rows < T, other=float("inf"))
             keep = (pre >= theta[:, None]) & (cols < F)[None, :]
+        if MODE == 3:  # one atomic per kept entry
             slot = tl.atomic_add(cnt_ptr + rows[:, None] + 0 * cols[None, :], 1, mask=keep, sem="relaxed")
             put = keep & (slot < C)
             at = rows.to(tl.int64)[:, None] * C + slot
             tl.store(cv_ptr + at, pre, mask=put)
             tl.store(ci_ptr + at, cols[None, :], mask=put)
-        else:
-            pre = pre.to(tl.bfloat16).to(tl.float32)  # the rounded value, as the selection compares
-            theta = tl.load(theta_ptr + rows, mask=rows < T, other=float("inf"))
-            keep = (pre >= theta[:, None]) & (cols < F)[None, :]
+        elif MODE == 2:  # one atomic per row reserves its slots, a cumsum ranks the kept entries
             n_row = tl.sum(keep.to(tl.int32), axis=1)
             base = tl.atomic_add(cnt_ptr + rows, n_row, mask=n_row > 0, sem="relaxed")
             pos = base[:, None] + tl.cumsum(keep.to(tl.int32), axis=1) - 1
@@ -79,7 +78,7 @@ def _fused_kernel(x_desc, w_desc, o_desc, b_ptr, theta_ptr, cv_ptr, ci_ptr, cnt_
 
 
 def launch(x, W, b, mode, cfg, out=None, theta=None, cv=None, ci=None, cnt=None, C=0):
-    bt, bf, bk, stages, warps, persistent, ws, flat = cfg
+    bt, bf, bk, stages, warps, persistent, flat = cfg
     T, d = x.shape
     F = W.shape[1]
     tiles = triton.cdiv(T, bt) * triton.cdiv(F, bf)
@@ -91,7 +90,7 @@ def launch(x, W, b, mode, cfg, out=None, theta=None, cv=None, ci=None, cnt=None,
     dummy = b
     _fused_kernel[grid](xd, wd, od, b, theta if theta is not None else dummy, cv if cv is not None else dummy,
                         ci if ci is not None else dummy, cnt if cnt is not None else dummy, T, F, d, C,
-                        MODE=mode, BT=bt, BF=bf, BK=bk, GROUP=8, WS=ws, FLAT=flat, num_warps=warps,
+                        MODE=mode, BT=bt, BF=bf, BK=bk, GROUP=8, FLAT=flat, num_warps=warps,
                         num_stages=stages)
 
 
@@ -102,12 +101,10 @@ def main():
     print(f"# probe-topk-fused on {props.name} (torch {torch.__version__}, triton {triton.__version__})", flush=True)
     bench = triton.testing.do_bench
     shapes = [(4096, 4096, 65536), (4096, 2304, 16384), (16384, 4096, 65536), (16384, 2304, 16384), (4096, 4096, 131072)]
-    # (BT, BF, BK, stages, warps, persistent, warp_specialize, flatten)
-    # (Triton 3.6 leaves the warp_specialize hint unapplied on Hopper: no partitions in the TTGIR)
-    cfgs = [(128, 256, 64, 3, 8, True, False, True), (128, 256, 64, 3, 8, True, False, False),
-            (128, 256, 64, 4, 8, True, False, False), (128, 128, 64, 4, 8, True, False, True),
-            (128, 128, 64, 5, 8, True, False, False), (128, 256, 64, 3, 8, False, False, False),
-            (128, 128, 64, 4, 8, False, False, False)]
+    # (BT, BF, BK, stages, warps, persistent, flatten)
+    cfgs = [(128, 256, 64, 3, 8, True, True), (128, 256, 64, 3, 8, True, False), (128, 256, 64, 4, 8, True, False),
+            (128, 128, 64, 4, 8, True, True), (128, 128, 64, 5, 8, True, False), (128, 256, 64, 3, 8, False, False),
+            (128, 128, 64, 4, 8, False, False)]
     if quick:
         shapes, cfgs = shapes[:2], cfgs[:4]
     torch.manual_seed(0)
@@ -123,8 +120,8 @@ def main():
         out = torch.empty(T, F, device=dev, dtype=torch.bfloat16)
         cnt = torch.zeros(T, device=dev, dtype=torch.int32)
         for cfg in cfgs:
-            name = "bt%d bf%d bk%d s%d w%d %s%s%s" % (cfg[:5] + ("persistent" if cfg[5] else "per-tile",
-                                                               " ws" if cfg[6] else "", " flat" if cfg[7] else ""))
+            name = "bt%d bf%d bk%d s%d w%d %s%s" % (cfg[:5] + ("persistent" if cfg[5] else "per-tile",
+                                                             " flat" if cfg[6] else ""))
             row = []
             for mode, label in ((MODE_STORE, "store"), (MODE_MAX, "max")):
                 try:

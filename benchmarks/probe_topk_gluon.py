@@ -151,6 +151,19 @@ def _epilogue(acc, o_desc, c_smem, out_ptr, b_ptr, off_m, off_n, N, flt, EPI: gl
         tma.async_copy_shared_to_global(o_desc, [off_m, off_n + BLOCK_N // 2], c_smem)
 
 
+@gluon.jit
+def _mma_step(acc, x_bufs, w_bufs, ready, c, use_acc, STAGES: gl.constexpr):
+    # step c of the (tile, k) sequence: wait for its slot, issue its wgmma and wait until at most it
+    # is in flight, so step c-1's wgmma is done in this warpgroup; after the barrier, in both
+    # warpgroups, and the callers can hand step c-1's slot back
+    s = c % STAGES
+    mbarrier.wait(ready.index(s), (c // STAGES) & 1)
+    acc = warpgroup_mma(x_bufs.index(s), w_bufs.index(s), acc, use_acc=use_acc, is_async=True)
+    acc, _, _ = warpgroup_mma_wait(1, deps=(acc, x_bufs.index(s), w_bufs.index(s)))
+    gl.thread_barrier()
+    return acc
+
+
 # ---------------------------------------------------------------------------------------------
 # Variant "ws": loader partition + MMA/epilogue (default) partition
 
@@ -183,13 +196,7 @@ def _ws_compute(o_desc, out_ptr, b_ptr, x_bufs, w_bufs, ready, empty, c_smem, nu
         pid_m, pid_n = _tile_pos(tile, num_pid_n, GROUP)
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
         for kk in range(k_iters):
-            s = c % STAGES
-            mbarrier.wait(ready.index(s), (c // STAGES) & 1)
-            acc = warpgroup_mma(x_bufs.index(s), w_bufs.index(s), acc, use_acc=kk > 0, is_async=True)
-            # <= 1 wgmma in flight: the one of step c-1 is done (in this warpgroup), so after a
-            # partition-wide barrier (both warpgroups) its slot goes back to the loader
-            acc, _, _ = warpgroup_mma_wait(1, deps=(acc, x_bufs.index(s), w_bufs.index(s)))
-            gl.thread_barrier()
+            acc = _mma_step(acc, x_bufs, w_bufs, ready, c, kk > 0, STAGES)
             mbarrier.arrive(empty.index((c + STAGES - 1) % STAGES), pred=kk > 0)
             c += 1
         acc = warpgroup_mma_wait(0, deps=(acc, ))
@@ -261,13 +268,8 @@ def gemm_pipe_kernel(x_desc, w_desc, o_desc, out_ptr, b_ptr, M, N, K, theta_ptr,
         pid_m, pid_n = _tile_pos(pid + t * nprog, num_pid_n, GROUP)
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, acc_layout)
         for kk in range(k_iters):
-            s = c % STAGES
-            mbarrier.wait(ready.index(s), (c // STAGES) & 1)
-            acc = warpgroup_mma(x_bufs.index(s), w_bufs.index(s), acc, use_acc=kk > 0, is_async=True)
-            acc, _, _ = warpgroup_mma_wait(1, deps=(acc, x_bufs.index(s), w_bufs.index(s)))
-            # step c-1's wgmma is done in both warpgroups after the barrier: refill its slot with step c+STAGES-1
-            gl.thread_barrier()
-            p = c + STAGES - 1
+            acc = _mma_step(acc, x_bufs, w_bufs, ready, c, kk > 0, STAGES)
+            p = c + STAGES - 1  # refill step c-1's slot with step c+STAGES-1
             _issue_load(p, x_desc, w_desc, x_bufs, w_bufs, ready, k_iters, num_pid_n, p < total, GROUP, STAGES)
             c += 1
         acc = warpgroup_mma_wait(0, deps=(acc, ))
@@ -350,13 +352,11 @@ def main():
                         want = (rounded >= theta[:, None]).sum(1)
                         near = ((rounded - theta[:, None]).abs() <= theta.abs()[:, None] / 128).sum(1)
                         bad = int(((cnt.long() - want).abs() > near).sum())
-                        r = torch.arange(T, device=dev)[:, None]
                         n0 = int(cnt[0].clamp(max=2 * m))
                         same = torch.equal(cv[0, :n0].sort().values, rounded[0, ci[0, :n0].long()].sort().values)
                         us = bench(fn, return_mode="median") * 1e3
                         print(f"{shape:28s} {name + f' m={m}':20s} {us:9.1f} us  {us / mm_us:.3f}x  "
                               f"{flop / us / 1e6:5.0f} TFLOP/s  rows off {bad}, row 0 values match {same}", flush=True)
-                        del r
                     except Exception as e:
                         print(f"{shape:28s} {name:20s} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
                 continue
