@@ -1,7 +1,10 @@
 """Probe (run on a GPU: python benchmarks/probe_mix.py [shape] [batch] [blocks]; default
 llama-3.2-1b 256 8): compiled steerkit-mix against a plain hook-mix in decode, with a distinct
 configuration per sequence. A Llama of that shape cut to a few blocks, reduce-overhead compile;
-each variant compiled in turn, then 15 samples of 16 decode steps; kernel counts."""
+each variant compiled in turn, then 15 samples of 16 decode steps; kernel counts.
+Variants: none, hook-mix (bench-model's plain hook), steerkit-mix (the lowering as shipped),
+steerkit-mix-x (every reduction reads x), steerkit-mix-full (no per-row flags or direction counts:
+isolates what serving any configuration per row costs against the hook's one hard-coded kind)."""
 import statistics
 import sys
 import time
@@ -40,6 +43,28 @@ def steer_uses_x(x, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, v
     touched = ((config > 0) & (config < n)).unsqueeze(-1)
     return torch.where(touched, y.to(x.dtype), x)
 
+def steer_uses_full(x, config, scale, flags, dyn_w, dyn_b, dirs, dir_val, n_dirs, vec, strength, *, uses):
+    # for tables whose every configuration holds every part the table uses (this probe's mix
+    # tables): the per-row flags and direction counts select nothing, so they are not read and
+    # no part is chosen per row; untouched rows still come from x
+    use_scale, use_dyn, r_used, use_vec = uses
+    n = scale.shape[0]
+    i = ref._safe_index(config, n)
+    xf = x.float()
+    y = xf
+    if use_scale or use_dyn:
+        c = scale[i].float().unsqueeze(-1)
+        if use_dyn:
+            c = c * ((dyn_w[i].float() * xf).sum(-1, keepdim=True) + dyn_b[i].float().unsqueeze(-1))
+        y = c * xf
+    for k in range(min(r_used, dirs.shape[1])):
+        u = dirs[i, k].float()
+        y = y - ((y * u).sum(-1, keepdim=True) - dir_val[i, k].float().unsqueeze(-1)) * u
+    if use_vec:
+        y = y + strength[i].float().unsqueeze(-1) * vec[i].float()
+    touched = ((config > 0) & (config < n)).unsqueeze(-1)
+    return torch.where(touched, y.to(x.dtype), x)
+
 SHAPE = sys.argv[1] if len(sys.argv) > 1 else "llama-3.2-1b"
 mb.SHAPES["probe"] = dict(mb.SHAPES[SHAPE], num_hidden_layers=int(sys.argv[3]) if len(sys.argv) > 3 else 8)
 dev = "cuda"
@@ -71,9 +96,10 @@ def measure(compiled):
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps * 1e6
 res = {}
-for name in ["none", "hook-mix", "steerkit-mix", "steerkit-mix-x"]:
+LOWERINGS = {"steerkit-mix-x": steer_uses_x, "steerkit-mix-full": steer_uses_full}
+for name in ["none", "hook-mix", "steerkit-mix", "steerkit-mix-x", "steerkit-mix-full"]:
     sk.off(); hk.off()
-    sm.reference.steer_uses = steer_uses_x if name == "steerkit-mix-x" else orig
+    sm.reference.steer_uses = LOWERINGS.get(name, orig)
     if name.startswith("steerkit"): sk.on(ids)
     if name == "hook-mix": hk.on(ids)
     torch._dynamo.reset()

@@ -18,7 +18,7 @@ halves (smaller buffer, which leaves room for a 4-deep ring). Each variant is ti
 torch.mm(x, W) (which does not even add the bias) and checked against x.float() @ W.float() + b.
 
 python benchmarks/probe_topk_gluon.py [quick] [ws|pipe|...]   (quick: first two shapes only; names pick variants)
-Compile check without a GPU: python .cache/gluoncomp.py
+Compile check without a GPU, with SASS instruction counts: python benchmarks/probe_topk_gluon.py compile [names]
 """
 import sys
 
@@ -48,7 +48,9 @@ VARIANTS = {
     "pipe s4 epi-split": (False, 4, 2),
     "pipe s3 epi-tma": (False, 3, 1),
     "ws s4 filter": (True, 4, 3),  # the TopK filter epilogue (theta: each row's m-th largest)
+    "ws s4 filter-mma": (True, 4, 4),  # the same filter in the accumulator's own layout, an atomic per entry
 }
+FILTERS = (3, 4)  # the EPI values of the filter epilogues
 
 
 @gluon.constexpr_function
@@ -114,6 +116,31 @@ def _filter_half(part, c_smem, off_m, off_n, flt, num_warps: gl.constexpr):
 
 
 @gluon.jit
+def _filter_mma(y, off_m, off_n, flt):
+    # EPI 4: the filter of EPI 3 without shared memory: the entries stay in the wgmma accumulator
+    # layout (a thread holds 2 rows x 64 columns of its warp's 16-row slice) and each kept entry
+    # takes a slot by an atomic, then stores its value and column. Offsets are int32 (T * C <
+    # 2^31), so an entry's address is one wide multiply-add from its row's base. The masked
+    # atomic and stores are issued for every entry, kept or not. (A row count by a reduction over
+    # the 4 lanes of a row and ranks by a scan along the row would need one atomic a row, but
+    # Triton 3.6 does not lower a scan in this layout: "unsupported scan layout".)
+    theta_ptr, cnt_ptr, cv_ptr, ci_ptr, C = flt
+    layout: gl.constexpr = y.type.layout
+    BLOCK_M: gl.constexpr = y.shape[0]
+    BLOCK_N: gl.constexpr = y.shape[1]
+    rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
+    cols = gl.expand_dims(off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout)), 0)
+    v = y.to(gl.bfloat16).to(gl.float32)  # the rounded value, as TopK compares it
+    keep = v >= gl.expand_dims(gl.load(theta_ptr + rows), 1)
+    r2 = gl.expand_dims(rows, 1) + 0 * cols
+    pos = gl.atomic_add(cnt_ptr + r2, 1 + 0 * r2, mask=keep, sem="relaxed")
+    put = keep & (pos < C)
+    at = r2 * C + pos
+    gl.store(cv_ptr + at, v, mask=put)
+    gl.store(ci_ptr + at, cols + 0 * pos, mask=put)
+
+
+@gluon.jit
 def _epilogue(acc, o_desc, c_smem, out_ptr, b_ptr, off_m, off_n, N, flt, EPI: gl.constexpr):
     # acc: fp32 [BM, BN] in the wgmma layout; add the bias in fp32, round to bf16, write out
     BLOCK_M: gl.constexpr = acc.shape[0]
@@ -132,6 +159,8 @@ def _epilogue(acc, o_desc, c_smem, out_ptr, b_ptr, off_m, off_n, N, flt, EPI: gl
         c_smem.store(y.to(gl.bfloat16))
         fence_async_shared()
         tma.async_copy_shared_to_global(o_desc, [off_m, off_n], c_smem)
+    elif EPI == 4:  # the TopK filter in the accumulator layout (see _filter_mma)
+        _filter_mma(y, off_m, off_n, flt)
     elif EPI == 3:  # the TopK filter instead of a store (see _filter_half)
         lo, hi = y.reshape([BLOCK_M, 2, BLOCK_N // 2]).permute(0, 2, 1).split()
         _filter_half(lo, c_smem, off_m, off_n, flt, gl.num_warps())
@@ -285,7 +314,7 @@ def gemm_pipe_kernel(x_desc, w_desc, o_desc, out_ptr, b_ptr, M, N, K, theta_ptr,
 
 def make_descs(x, W, out, epi):
     """TMA descriptors (Gluon's host TensorDescriptor carries the NVMMA shared layout)."""
-    obn = BN // 2 if epi in (2, 3) else BN
+    obn = BN // 2 if epi in (2,) + FILTERS else BN
     x_l = gl.NVMMASharedLayout.get_default_for([BM, BK], gl.bfloat16)
     w_l = gl.NVMMASharedLayout.get_default_for([BK, BN], gl.bfloat16)
     o_l = gl.NVMMASharedLayout.get_default_for([BM, obn], gl.bfloat16)
@@ -315,7 +344,62 @@ def gluon_linear(x, W, b, out, variant, num_sms, flt=None):
                                             stages, epi, num_warps=NUM_WARPS))
 
 
+def compile_sm90(names, T=4096, d=2304, F=16384):
+    """Compile each variant for sm_90a on this machine (no GPU needed: CPU tensors give the
+    signature) and print its SASS instruction counts: the whole kernel, and the memory, atomic,
+    shuffle, barrier and shared-memory instructions. The epilogue is straight-line code run once
+    per tile, so a filter's extra static instructions over epi-split are about the instructions
+    each thread of the default partition adds per tile."""
+    import collections
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    bf = torch.bfloat16
+    x, W, out, b = (torch.empty(T, d, dtype=bf), torch.empty(d, F, dtype=bf), torch.empty(T, F, dtype=bf),
+                    torch.empty(F, dtype=bf))
+    flt = {"theta_ptr": torch.empty(T), "cnt_ptr": torch.empty(T, dtype=torch.int32),
+           "cv_ptr": torch.empty(T, 512), "ci_ptr": torch.empty(T, 512, dtype=torch.int32), "C": 512}
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    classes = {"LDG/STG": r"^(LDG|STG)", "ATOM/RED": r"^(ATOM|RED)", "SHFL": r"^SHFL", "BAR": r"^BAR",
+               "LDS/STS": r"^(LDS|STS|LDSM|STSM)", "WGMMA": r"^HGMMA"}
+    print(f"# sm_90a SASS of each variant (T={T} d={d} F={F}; Triton {triton.__version__}): instructions")
+    for name in names:
+        ws, stages, epi = VARIANTS[name]
+        kern = gemm_ws_kernel if ws else gemm_pipe_kernel
+        x_d, w_d, o_d = make_descs(x, W, out, epi)
+        args = dict(x_desc=x_d, w_desc=w_d, o_desc=o_d, out_ptr=out, b_ptr=b, M=T, N=F, K=d, **flt)
+        consts = {"GROUP": GROUP_M, "STAGES": stages, "EPI": epi, "num_warps": NUM_WARPS}
+        sig = {n: "constexpr" if n in consts else mangle_type(args[n]) for n in kern.arg_names}
+        try:
+            k = triton.compile(GluonASTSource(kern, sig, consts), target=GPUTarget("cuda", 90, 32),
+                               options={"num_warps": NUM_WARPS})
+        except Exception as e:
+            print(f"{name:20s} FAILED {type(e).__name__}: {str(e)[:400]}", flush=True)
+            continue
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+        ops = [m.group(1) for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)]
+        count = collections.Counter()
+        for op in ops:
+            for cls, pat in classes.items():
+                if re.match(pat, op):
+                    count[cls] += 1
+        print(f"{name:20s} {len(ops):6d} in all  " + "  ".join(f"{c} {count[c]}" for c in classes), flush=True)
+
+
 def main():
+    if "compile" in sys.argv:  # no GPU needed
+        picks = [a for a in sys.argv[1:] if a != "compile"]
+        compile_sm90([n for n in VARIANTS if not picks or any(p in n for p in picks)])
+        return
     quick = "quick" in sys.argv
     picks = [a for a in sys.argv[1:] if a != "quick"]  # e.g. "ws" or "pipe": variants whose name contains one
     names = [n for n in VARIANTS if not picks or any(p in n for p in picks)]
@@ -339,7 +423,7 @@ def main():
         out = torch.empty(T, F, device=dev, dtype=torch.bfloat16)
         rounded = ref.to(torch.bfloat16).float()
         for name in names:
-            if VARIANTS[name][2] == 3:
+            if VARIANTS[name][2] in FILTERS:
                 for m in (256, 1024):
                     try:
                         theta = rounded.topk(m, dim=1).values[:, -1].contiguous()

@@ -404,7 +404,10 @@ SWEEP = [(32, 16, 128, 4, True), (1, 8, 2048, 8, False),
          (32, 8, 128, 4, True, "group", 2, 3), (64, 8, 128, 8, True, "group", 4, 3),
          (16, 8, 256, 4, True, "group", 2, 3), (32, 8, 256, 4, True, "group", 4, 3),
          (16, 8, 256, 4, True, "group", 2, 3, 256), (16, 8, 256, 4, True, "group", 2, 3, 1024),
-         (32, 8, 256, 4, True, "group", 2, 3, 256)]
+         (32, 8, 256, 4, True, "group", 2, 3, 256),
+         # smaller sorted chunks (a 128- or 64-row sort is cheaper than the default's 256-row one;
+         # blocks then span more configurations, so G = 4 for 64)
+         (32, 8, 256, 4, True, "group", 2, 4, 128), (32, 8, 256, 4, True, "group", 4, 4, 64)]
 SWEEP_SMALL = [(1, 8, 2048, 8, False), (1, 8, 4096, 16, False), (1, 8, 1024, 4, False), (1, 8, 512, 4, False),
                (16, 16, 512, 4, True), (1, 8, None, 8, False, "row"), (1, 8, None, 16, False, "row"),
                (1, 8, None, 32, False, "row")]
