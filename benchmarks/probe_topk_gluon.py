@@ -119,9 +119,9 @@ def _filter_half(part, c_smem, off_m, off_n, flt, num_warps: gl.constexpr):
 def _filter_mma(y, off_m, off_n, flt):
     # EPI 4: the filter of EPI 3 without shared memory: the entries stay in the wgmma accumulator
     # layout (a thread holds 2 rows x 64 columns of its warp's 16-row slice) and each kept entry
-    # takes a slot by an atomic, then stores its value and column. Offsets are int32 (T * C <
-    # 2^31), so an entry's address is one wide multiply-add from its row's base. The masked
-    # atomic and stores are issued for every entry, kept or not. (A row count by a reduction over
+    # takes a slot by an atomic, then stores its value and column (int32 offsets: T * C < 2^31).
+    # Every entry still runs its own compare and a branch around its atomic, then predicated
+    # stores, kept or not (probe-topk-gluon-mma-sass-cpu.txt). (A row count by a reduction over
     # the 4 lanes of a row and ranks by a scan along the row would need one atomic a row, but
     # Triton 3.6 does not lower a scan in this layout: "unsupported scan layout".)
     theta_ptr, cnt_ptr, cv_ptr, ci_ptr, C = flt
